@@ -1,0 +1,48 @@
+"""Fetch a file over HTTP(S) or file:// with a progress bar, checking its sha256, writing it atomically."""
+import hashlib
+import http.client
+import os
+import urllib.error
+from pathlib import Path
+
+import torch.hub
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message says what to fetch by hand and where to put it."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dst: str | os.PathLike, sha256_prefix: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``dst`` unless it is already there (and intact); return ``dst``.
+
+    The bytes go to a temporary file beside ``dst`` and are moved into place only after the sha256 of the
+    whole file starts with ``sha256_prefix``, so an interrupted or tampered download never leaves a file
+    that looks complete.
+    """
+    dst = Path(dst)
+    if dst.is_file():
+        if not sha256_of(dst).startswith(sha256_prefix):
+            raise DownloadError(f"{dst} is there but is not the expected file (its sha256 does not start with "
+                                f"{sha256_prefix}); delete it and try again, or fetch {url} by hand")
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # torch.hub's downloader streams to '<dst>.<uuid>.partial', hashes as it goes and renames at the end.
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=sha256_prefix, progress=progress)
+    except RuntimeError as error:  # raised for a hash mismatch; the partial file is already removed
+        raise DownloadError(
+            f"{url} arrived corrupted or altered ({error}); nothing was saved. Try again, or fetch it by hand "
+            f"and save it as {dst}"
+        ) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise DownloadError(f"could not download {url} ({reason}). Fetch it by hand and save it as {dst}") from None
+    return dst

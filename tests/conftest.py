@@ -1,0 +1,99 @@
+"""Helpers shared by the tests."""
+import functools
+import http.server
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+FLOWERS_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "flower_photos_mini"
+
+
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every weight and BatchNorm statistic a random value of a sensible scale.
+
+    Freshly initialised EfficientNets output logits of ~1e-14, where any two networks agree; random running
+    statistics and affine parameters make a wrong key mapping or a wrong eps show up in the outputs.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            shape = tensor.shape
+            if name.endswith("running_var"):
+                value = torch.rand(shape, generator=generator) * 1.5 + 0.5
+            elif name.endswith("running_mean"):
+                value = torch.randn(shape, generator=generator) * 0.2
+            elif tensor.dim() == 1 and ".fc" not in name and "classifier" not in name:  # BatchNorm affine
+                if name.endswith("weight"):
+                    value = torch.rand(shape, generator=generator) * 0.5 + 0.75
+                else:
+                    value = torch.randn(shape, generator=generator) * 0.2
+            elif tensor.dim() == 1:  # biases of SE convs and the classifier
+                value = torch.randn(shape, generator=generator) * 0.2
+            else:  # conv and linear weights, scaled by fan-in to keep activations of order one
+                value = torch.randn(shape, generator=generator) * tensor[0].numel() ** -0.5
+            tensor.copy_(value)
+    return module
+
+
+@pytest.fixture
+def flowers_mini() -> Path:
+    if not FLOWERS_MINI.is_dir():
+        pytest.skip(f"{FLOWERS_MINI} is absent (the shared 300-photo flower sample)")
+    return FLOWERS_MINI
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A web server on 127.0.0.1 serving a temporary folder: yields (base URL, folder)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens, standing in for 'no network'."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def train_args(data: Path, runs: Path, *extra: str) -> list[str]:
+    """train.py arguments for a fast CPU run from scratch on generated images (64 px, batch 4)."""
+    return ["--data-path", str(data), "--output-dir", str(runs), "--weights", "none", "--freeze-layers", "false",
+            "--image-size", "64", "--batch-size", "4", "--lr", "0.01", "--workers", "0", "--progress", "false",
+            *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of train.py: 5 epochs from scratch on three visibly different classes (~15 s)."""
+    import train
+    from imagegen import make_class_folders
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_class_folders(root / "data", per_class=30)
+    assert train.main(train_args(data, root / "runs", "--epochs", "5", "--name", "colours")) == 0
+    return root / "runs" / "colours"

@@ -1,0 +1,216 @@
+"""predict.py: checkpoints, bare state_dicts of both layouts, agreement with validation, and bad input."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import model as M
+import predict
+import utils
+from my_dataset import EvalTransform, MyDataSet
+
+
+def val_images(run: Path) -> tuple[list[str], list[int]]:
+    split = json.loads((run / "split.json").read_text())
+    return [os.path.join(split["root"], p) for p, _ in split["val"]], [label for _, label in split["val"]]
+
+
+def run_json(capsys, *argv: str) -> tuple[int, list[dict]]:
+    capsys.readouterr()
+    status = predict.main([*argv, "--json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_predict_agrees_with_the_validation_loop(trained_run):
+    checkpoint = torch.load(trained_run / "best.pth", weights_only=True)
+    model = M.model_from_checkpoint(checkpoint)
+    paths, labels = val_images(trained_run)
+    image = checkpoint["image"]
+    loader = torch.utils.data.DataLoader(
+        MyDataSet(paths, labels, EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"])),
+        batch_size=len(paths), collate_fn=MyDataSet.collate_fn)
+    images, _ = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        expected = model(images).softmax(1)
+    result = utils.evaluate(model, loader, utils.StepSettings(torch.device("cpu")), 3, progress=False)
+    assert result.accuracy == checkpoint["best_acc"]
+
+    classifier = predict.Classifier.from_weights(trained_run / "best.pth")
+    predictions = classifier.predict(paths, top_k=3)
+    for row, prediction in zip(expected, predictions):
+        probabilities = dict(prediction.ranked)
+        assert prediction.ranked[0][0] == classifier.class_names[int(row.argmax())]
+        for index, name in enumerate(classifier.class_names):
+            assert probabilities[name] == pytest.approx(float(row[index]), abs=1e-4)
+
+
+def test_default_is_the_newest_runs_best_checkpoint(trained_run, tmp_path, monkeypatch, capsys):
+    older = tmp_path / "runs" / "older"
+    newer = tmp_path / "runs" / "newer"
+    for folder in (older, newer):
+        shutil.copytree(trained_run, folder)
+    os.utime(older / "best.pth", (1, 1))
+    monkeypatch.chdir(tmp_path)
+    assert predict.newest_checkpoint() == Path("runs") / "newer" / "best.pth"
+    paths, _ = val_images(trained_run)
+    status, results = run_json(capsys, paths[0])
+    assert status == 0 and len(results[0]["predictions"]) == 3  # min(5, classes)
+
+
+def test_output_lists_top_k_for_many_images_folders_and_globs(trained_run, capsys):
+    paths, _ = val_images(trained_run)
+    folder = str(Path(paths[0]).parent)
+    status, results = run_json(capsys, paths[0], folder, f"{folder}/*.png", "--weights",
+                               str(trained_run / "best.pth"), "--top-k", "2", "--batch-size", "4")
+    assert status == 0
+    assert len(results) == 1 + len(os.listdir(folder)) + len(list(Path(folder).glob("*.png")))
+    for result in results:
+        probabilities = [p["probability"] for p in result["predictions"]]
+        assert len(probabilities) == 2 and probabilities == sorted(probabilities, reverse=True)
+    status = predict.main([paths[0], "--weights", str(trained_run / "best.pth")])
+    text = capsys.readouterr().out.splitlines()
+    assert status == 0 and text[0] == paths[0] and len(text) == 4
+
+
+def test_bad_images_are_reported_and_the_rest_classified(trained_run, tmp_path, capsys):
+    paths, _ = val_images(trained_run)
+    (tmp_path / "fake.jpg").write_text("not an image")
+    status = predict.main([str(tmp_path / "missing.jpg"), paths[0], str(tmp_path / "fake.jpg"), paths[1],
+                           "--weights", str(trained_run / "best.pth"), "--json"])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert status == 1
+    assert [r["error"] is None for r in results] == [False, True, False, True]  # in the order given
+    assert f"error: {tmp_path / 'missing.jpg'}: no such file" in captured.err
+    assert f"error: {tmp_path / 'fake.jpg'}: UnidentifiedImageError" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_figure_and_grad_cam_are_saved(trained_run, tmp_path):
+    paths, _ = val_images(trained_run)
+    out = tmp_path / "figures" / "prediction.png"
+    assert predict.main([paths[0], "--weights", str(trained_run / "best.pth"), "--save", str(out), "--cam"]) == 0
+    assert Image.open(out).size[0] > 400 and Image.open(out.with_name("prediction_cam.png")).size[0] > 600
+    assert predict.main([*paths[:2], "--weights", str(trained_run / "best.pth"), "--save", str(out)]) == 0
+    assert (out.parent / f"prediction_000_{Path(paths[0]).stem}.png").is_file()
+
+
+def test_grad_cam_highlights_the_informative_region(trained_run):
+    classifier = predict.Classifier.from_weights(trained_run / "best.pth")
+    path = val_images(trained_run)[0][0]
+    view, cam, target = classifier.grad_cam(path)
+    assert cam.shape == (view.size[1], view.size[0]) and 0 <= float(cam.min()) and float(cam.max()) == 1.0
+    assert target == int(classifier.probabilities(classifier.preprocess(path)[None]).argmax())
+
+
+def test_notebook_function_takes_paths_pil_images_models_and_checkpoints(trained_run):
+    paths, _ = val_images(trained_run)
+    from_path = predict.classify(paths[:2], trained_run / "best.pth")
+    with Image.open(paths[0]) as image:
+        from_pil = predict.classify(image, str(trained_run / "best.pth"))
+    assert [name for name, _ in from_pil[0]] == [name for name, _ in from_path[0]]
+    assert [p for _, p in from_pil[0]] == pytest.approx([p for _, p in from_path[0]], abs=1e-6)
+    assert [p for _, p in from_path[0]] == sorted((p for _, p in from_path[0]), reverse=True)
+    model = M.model_from_checkpoint(trained_run / "best.pth")
+    with_names = predict.classify(paths[0], model, class_names=["blue", "green", "red"], top_k=1)
+    assert len(with_names[0]) == 1 and with_names[0][0][0] in ("blue", "green", "red")  # at B0's 224 px
+    image = torch.load(trained_run / "best.pth", weights_only=True)["image"]
+    same_view = predict.Classifier(model, ["blue", "green", "red"], image)
+    assert predict.classify(paths[0], same_view)[0][0][0] == from_path[0][0][0]
+    with pytest.raises(ValueError, match="cannot read"):
+        predict.classify(["nope.jpg"], model)
+
+
+def test_tutorial_layout_state_dict_with_class_indices(trained_run, tmp_path, capsys):
+    model = M.model_from_checkpoint(trained_run / "best.pth")
+    model.set_bn_eps(M.TUTORIAL_BN_EPS)  # what a tutorial-trained model uses
+    folder = tmp_path / "tutorial"
+    folder.mkdir()
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, folder / "model-29.pth")
+    (folder / "class_indices.json").write_text(json.dumps({"0": "blue", "1": "green", "2": "red"}))
+    paths, _ = val_images(trained_run)
+    status, results = run_json(capsys, *paths[:4], "--weights", str(folder / "model-29.pth"), "--model", "b0")
+    assert status == 0
+    expected = predict.classify(paths[:4], model, class_names=["blue", "green", "red"])
+    for result, ranked in zip(results, expected):
+        assert [(p["class"], p["probability"]) for p in result["predictions"]] == \
+            [(name, pytest.approx(probability, abs=1e-5)) for name, probability in ranked]
+
+
+def test_torchvision_layout_state_dict(trained_run, tmp_path, capsys):
+    model = M.model_from_checkpoint(trained_run / "best.pth")
+    mapping = M.torchvision_key_map(model)
+    torch.save({mapping[k]: v for k, v in model.state_dict().items()}, tmp_path / "tv.pth")
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"0": "blue", "1": "green", "2": "red"}))
+    paths, _ = val_images(trained_run)
+    status, results = run_json(capsys, paths[0], "--weights", str(tmp_path / "tv.pth"), "--class-indices",
+                               str(names))
+    assert status == 0
+    expected = predict.classify(paths[0], model, class_names=["blue", "green", "red"])[0]
+    assert results[0]["predictions"][0]["class"] == expected[0][0]
+    assert results[0]["predictions"][0]["probability"] == pytest.approx(expected[0][1], abs=1e-5)
+
+
+def test_imagenet_weights_use_imagenet_class_names(tmp_path, monkeypatch, capsys):
+    from download import sha256_of
+    from dataclasses import replace
+
+    payload = tmp_path / "mirror" / "w.pth"
+    payload.parent.mkdir()
+    torch.save(M.efficientnet_b0().state_dict(), payload)
+    name = f"efficientnet_b0_x-{sha256_of(payload)[:8]}.pth"
+    payload.rename(payload.parent / name)
+    monkeypatch.setattr(M, "VARIANTS", {**M.VARIANTS, "b0": replace(M.VARIANTS["b0"], weights_file=name)})
+    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, payload.parent.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    Image.new("RGB", (300, 260), (200, 30, 30)).save(tmp_path / "red.png")
+    status, results = run_json(capsys, str(tmp_path / "red.png"), "--weights", "imagenet")
+    assert status == 0 and len(results[0]["predictions"]) == 5
+    assert all(p["class"] in predict.imagenet_class_names() for p in results[0]["predictions"])
+
+
+# --- bad weights: one clear line, exit status 2 ---------------------------------------------------------------
+
+
+def _fails_with(argv: list[str], capsys, *fragments: str) -> None:
+    status = predict.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    line = err.strip()
+    assert line.startswith("error:") and "\n" not in line, err
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_missing_weights_and_no_runs(tmp_path, monkeypatch, capsys):
+    _fails_with(["x.jpg", "--weights", str(tmp_path / "none.pth")], capsys, "does not exist")
+    monkeypatch.chdir(tmp_path)
+    _fails_with(["x.jpg"], capsys, "no trained checkpoint found under runs", "--weights")
+
+
+def test_class_count_that_disagrees_with_class_indices(trained_run, tmp_path, capsys):
+    model = M.model_from_checkpoint(trained_run / "best.pth")
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    (tmp_path / "class_indices.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
+    _fails_with(["x.jpg", "--weights", str(tmp_path / "model.pth")], capsys,
+                "has 3 classes but the model 5", f"5 from {tmp_path / 'class_indices.json'}")
+
+
+def test_weights_of_another_variant(tmp_path, capsys):
+    torch.save(M.efficientnet_b2(num_classes=3).state_dict(), tmp_path / "b2.pth")
+    (tmp_path / "class_indices.json").write_text(json.dumps({"0": "a", "1": "b", "2": "c"}))
+    _fails_with(["x.jpg", "--weights", str(tmp_path / "b2.pth"), "--model", "b0"], capsys,
+                "efficientnet_b2 weights but the model is efficientnet_b0", "use variant b2")
+
+
+def test_bad_class_indices_file(trained_run, tmp_path, capsys):
+    model = M.model_from_checkpoint(trained_run / "best.pth")
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    (tmp_path / "class_indices.json").write_text("{broken json")
+    _fails_with(["x.jpg", "--weights", str(tmp_path / "model.pth")], capsys, "is not a readable class_indices.json")

@@ -1,0 +1,343 @@
+"""train.py end to end: outputs, resume, interruption, recipe, and clear errors."""
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import model as M
+import predict
+import train
+import utils
+from conftest import train_args
+from download import sha256_of
+from imagegen import make_class_folders
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_end_to_end_training_learns_and_predicts(trained_run, capsys):
+    for name in ("last.pth", "best.pth", "metrics.csv", "curves.png", "confusion_matrix.png",
+                 "class_distribution.png", "class_indices.json", "split.json"):
+        assert (trained_run / name).is_file(), name
+    best = load(trained_run / "best.pth")
+    assert best["format"] == M.CHECKPOINT_FORMAT and best["variant"] == "b0"
+    assert best["class_names"] == ["blue", "green", "red"]
+    assert best["image"] == {"train_size": 64, "eval_resize": 73, "eval_crop": 64, "interpolation": "bicubic",
+                             "mean": list(M.MEAN), "std": list(M.STD)}
+    assert {"optimizer", "scheduler", "epoch", "best_acc", "args", "history"} <= set(best)
+    assert best["best_acc"] >= 0.75  # chance is 1/3
+    assert json.loads((trained_run / "class_indices.json").read_text()) == {"0": "blue", "1": "green", "2": "red"}
+    rows = read_metrics(trained_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert max(float(r["val_acc"]) for r in rows) == best["best_acc"]
+
+    split = json.loads((trained_run / "split.json").read_text())
+    val_images = [os.path.join(split["root"], path) for path, _ in split["val"]]
+    capsys.readouterr()
+    assert predict.main([*val_images, "--weights", str(trained_run / "best.pth"), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    names = best["class_names"]
+    correct = sum(r["predictions"][0]["class"] == names[label] for r, (_, label) in zip(results, split["val"]))
+    assert correct / len(val_images) == pytest.approx(best["best_acc"])
+
+
+def test_tensorboard_events_when_installed(trained_run):
+    events = list(trained_run.glob("events.out.tfevents.*"))
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert not events
+    else:
+        assert events
+
+
+def test_per_class_precision_and_recall_are_printed(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=5)
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "1")) == 0
+    out = capsys.readouterr().out
+    assert "precision  recall" in out and "best validation accuracy" in out
+    for name in ("blue", "green", "red"):
+        assert any(line.startswith(name) for line in out.splitlines())
+
+
+def _start_run(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_first_epoch(run: Path, process: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "the first epoch did not finish in time"
+        time.sleep(0.05)
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    args = train_args(data, tmp_path / "runs", "--epochs", "4")
+    assert train.main([*args, "--name", "whole"]) == 0
+
+    process = _start_run([*args, "--name", "killed", "--workers", "2"])
+    killed = tmp_path / "runs" / "killed"
+    _wait_for_first_epoch(killed, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = load(killed / "last.pth")["epoch"]
+    assert 1 <= interrupted_at  # a complete, loadable checkpoint survived the kill
+
+    assert train.main(["--resume", str(killed), "--workers", "1", "--progress", "false"]) == 0
+    whole, resumed = load(tmp_path / "runs" / "whole" / "last.pth"), load(killed / "last.pth")
+    assert resumed["epoch"] == whole["epoch"] == 4
+    for key, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][key]), key
+    for a, b in zip(whole["history"], resumed["history"]):
+        assert (a["train_loss"], a["val_acc"], a["lr"]) == (b["train_loss"], b["val_acc"], b["lr"])
+    assert [r["epoch"] for r in read_metrics(killed)] == ["1", "2", "3", "4"]
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    args = train_args(data, tmp_path / "runs", "--epochs", "30", "--name", "stopped")
+    process = _start_run(args)
+    run = tmp_path / "runs" / "stopped"
+    _wait_for_first_epoch(run, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and f"--resume {run}" in out
+    assert load(run / "last.pth")["epoch"] >= 1
+    assert not list(run.glob(".*.tmp"))  # no half-written files left behind
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
+    target = tmp_path / "last.pth"
+    utils.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    script = f"""
+import os, signal, torch, utils
+def dying_save(obj, f, *a, **k):
+    with open(f, "wb") as out:
+        out.write(b"PK\\x03\\x04 half a checkpoint")
+        out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+utils.save_checkpoint({{"epoch": 2}}, {str(target)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == -signal.SIGKILL
+    assert load(target)["epoch"] == 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real_loss = torch.nn.CrossEntropyLoss
+
+    class FailingLoss(real_loss):
+        def forward(self, logits, labels):
+            calls["n"] += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1 has 6 steps
+
+    monkeypatch.setattr(utils.nn, "CrossEntropyLoss", FailingLoss)
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "3", "--name", "nan")) == 1
+    out = capsys.readouterr().out
+    assert "the training loss became nan at epoch 1" in out and "keeps the last good epoch" in out
+    last = load(tmp_path / "runs" / "nan" / "last.pth")
+    assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values()
+                                      if t.is_floating_point())
+
+
+def test_flags_default_to_the_tutorial_recipe():
+    args = train.build_parser().parse_args([])
+    assert (args.epochs, args.batch_size, args.lr, args.lrf) == (30, 16, 0.01, 0.01)
+    assert (args.model, args.weights, args.freeze_layers, args.val_rate) == ("b0", "imagenet", True, 0.2)
+    assert train.default_workers(16) == min(os.cpu_count(), 8)
+
+
+@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
+                                            ("True", True), ("1", True), ("yes", True)])
+def test_freeze_layers_is_a_real_switch(text, expected):
+    assert train.build_parser().parse_args(["--freeze-layers", text]).freeze_layers is expected
+    assert train.build_parser().parse_args(["--freeze-layers"]).freeze_layers is True
+
+
+def test_freeze_layers_rejects_nonsense(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(["--freeze-layers", "maybe"])
+    assert exit_info.value.code == 2 and "expected true or false" in capsys.readouterr().err
+
+
+def test_frozen_layers_keep_weights_and_batchnorm_statistics(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    start = M.efficientnet_b0(num_classes=3)
+    torch.save(M.checkpoint_fields(start), tmp_path / "start.pth")
+    args = train_args(data, tmp_path / "runs", "--epochs", "1", "--name", "frozen")
+    args[args.index("--weights") + 1] = str(tmp_path / "start.pth")
+    args[args.index("--freeze-layers") + 1] = "true"
+    assert train.main(args) == 0
+    after = load(tmp_path / "runs" / "frozen" / "last.pth")["model"]
+    before = start.state_dict()
+    for key in ("features.stem_conv.0.weight", "features.stem_conv.1.running_mean", "features.4b.block.dwconv.1.running_var",
+                "features.7a.block.project_conv.1.num_batches_tracked"):
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["features.top.1.running_mean"], after["features.top.1.running_mean"])
+    assert not torch.equal(before["classifier.1.weight"], after["classifier.1.weight"])
+
+
+def test_optimizer_and_schedule_follow_the_recipe(trained_run):
+    last = load(trained_run / "last.pth")
+    group = last["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 1e-4)
+    lrs = [float(r["lr"]) for r in read_metrics(trained_run)]
+    expected = [0.01 * (((1 + math.cos(e * math.pi / 5)) / 2) * (1 - 0.01) + 0.01) for e in range(5)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_image_sizes_come_from_the_variant_table():
+    for variant, spec in M.VARIANTS.items():
+        settings = train.image_settings(variant, None)
+        assert (settings["train_size"], settings["eval_resize"], settings["eval_crop"], settings["interpolation"]) \
+            == (spec.train_size, spec.eval_resize, spec.eval_crop, spec.interpolation)
+    assert train.image_settings("b0", 112)["eval_resize"] == 128
+
+
+def test_flower_photos_mini_trains(flowers_mini, tmp_path, capsys):
+    args = train_args(flowers_mini, tmp_path / "runs", "--epochs", "1", "--batch-size", "16", "--name", "mini")
+    assert train.main(args) == 0
+    split = json.loads((tmp_path / "runs" / "mini" / "split.json").read_text())
+    assert split["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert (len(split["train"]), len(split["val"])) == (240, 60)
+    assert "5 classes" in capsys.readouterr().out
+
+
+# --- bad input: one clear line, exit status 2 -----------------------------------------------------------------
+
+
+def _fails_with(argv: list[str], capsys, *fragments: str) -> None:
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_class_count_that_disagrees_with_the_folders(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    _fails_with(train_args(data, tmp_path / "runs", "--num_classes", "5"), capsys,
+                "--num_classes 5", "has 3 class folders", "--num_classes 3")
+
+
+def test_unavailable_device(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    _fails_with(train_args(data, tmp_path / "runs", "--device", "cuda:99"), capsys, "--device cuda:99")
+    _fails_with(train_args(data, tmp_path / "runs", "--device", "toaster"), capsys, "--device 'toaster'")
+
+
+def test_missing_or_empty_data_path(tmp_path, capsys):
+    _fails_with(train_args(tmp_path / "nowhere", tmp_path / "runs"), capsys, "does not exist", "--data-path")
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    (tmp_path / "empty" / "cats" / "notes.txt").write_text("no images here")
+    _fails_with(train_args(tmp_path / "empty", tmp_path / "runs"), capsys, "holds no class folders with images")
+
+
+def test_weights_of_another_variant(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    torch.save(M.efficientnet_b3(num_classes=3).state_dict(), tmp_path / "b3.pth")
+    args = train_args(data, tmp_path / "runs")
+    args[args.index("--weights") + 1] = str(tmp_path / "b3.pth")
+    _fails_with(args, capsys, "efficientnet_b3 weights but the model is efficientnet_b0")
+
+
+def test_imagenet_weights_without_network_name_the_scratch_flag(tmp_path, capsys, monkeypatch, closed_port_url):
+    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, closed_port_url)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    args = train_args(data, tmp_path / "runs")
+    args[args.index("--weights") + 1] = "imagenet"
+    _fails_with(args, capsys, closed_port_url, "save it as", "--weights none")
+
+
+def test_missing_flower_photos_without_network(tmp_path, capsys, monkeypatch, closed_port_url):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(utils.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    _fails_with(["--num_classes", "5", "--weights", "none"], capsys,
+                closed_port_url, "tar -xzf", "--data-path")
+    assert not (tmp_path / "flower_data" / "flower_photos").exists()
+
+
+def test_resume_of_a_missing_run(tmp_path, capsys):
+    _fails_with(["--resume", str(tmp_path / "nope")], capsys, "--resume", "last.pth")
+
+
+# --- the flower archive: download, checksum, safe extraction --------------------------------------------------
+
+
+def _archive(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return path
+
+
+def test_flower_archive_downloads_verifies_and_extracts(http_server, tmp_path, monkeypatch):
+    base_url, served = http_server
+    from imagegen import class_image, jpeg_bytes
+    import random
+
+    photo = jpeg_bytes(class_image((200, 40, 40), random.Random(0)))
+    archive = _archive(served / "flower_photos.tgz", {"flower_photos/LICENSE.txt": b"CC-BY",
+                                                      "flower_photos/roses/1.jpg": photo,
+                                                      "flower_photos/tulips/2.jpg": photo})
+    monkeypatch.setattr(utils, "FLOWER_PHOTOS_SHA256", sha256_of(archive))
+    target = tmp_path / "flower_data" / "flower_photos"
+    utils.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
+    assert (target / "roses" / "1.jpg").read_bytes() == photo
+    assert not (tmp_path / "flower_data" / "flower_photos.tgz").exists()  # the archive is removed after use
+
+
+def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path, monkeypatch):
+    base_url, served = http_server
+    _archive(served / "flower_photos.tgz", {"flower_photos/roses/1.jpg": b"x"})
+    target = tmp_path / "flower_data" / "flower_photos"
+    with pytest.raises(utils.UsageError, match="corrupted or altered"):
+        utils.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
+    assert not target.exists() and not list((tmp_path / "flower_data").iterdir())
+
+
+@pytest.mark.parametrize("members, links", [({"flower_photos/../../escaped.txt": b"x"}, None),
+                                            ({"/tmp/absolute.txt": b"x"}, None),
+                                            ({"flower_photos/a.txt": b"x"}, {"flower_photos/link": "/etc/passwd"})])
+def test_archives_that_escape_the_target_are_refused(tmp_path, members, links):
+    archive = _archive(tmp_path / "evil.tgz", members, links)
+    with pytest.raises(utils.UsageError, match="refusing the archive"):
+        utils.extract_tar_safely(archive, tmp_path / "out" / "data")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out" / "data").exists()
