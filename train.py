@@ -245,7 +245,7 @@ def train(args: argparse.Namespace) -> int:
                 utils.ensure_flower_photos(args.data_path)
             if ddp.world_size > 1:
                 dist.barrier()
-        split = utils.read_split_data(args.data_path, args.val_rate, args.seed)
+        split = utils.read_split_data(args.data_path, args.val_rate, args.seed, report=ddp.is_main)
     classes = split.classes
     if args.num_classes is not None and args.num_classes != len(classes):
         raise utils.UsageError(f"--num_classes {args.num_classes}, but {args.data_path} has {len(classes)} "
@@ -263,8 +263,7 @@ def train(args: argparse.Namespace) -> int:
     else:
         initial_weights(model, args.weights, ddp.is_main)
     if args.freeze_layers:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith(("features.top.", "classifier.")))
+        utils.freeze_all_but_head(model)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if args.sync_bn:
@@ -299,7 +298,11 @@ def train(args: argparse.Namespace) -> int:
         if best_path.is_file():
             best_confusion = read_weights_file(best_path).get("confusion")
     else:
-        run_dir = new_run_dir(args.output_dir, args.name, args.model)
+        run_dir = new_run_dir(args.output_dir, args.name, args.model) if ddp.is_main else None
+        if ddp.world_size > 1:  # every process needs rank 0's choice (the clock differs between them)
+            shared = [run_dir]
+            dist.broadcast_object_list(shared, src=0)
+            run_dir = shared[0]
         if ddp.is_main:
             run_dir.mkdir(parents=True)
             utils.write_json(run_dir / "class_indices.json", {str(i): name for i, name in enumerate(classes)})
@@ -385,6 +388,7 @@ def tensorboard_writer(run_dir: Path) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    utils.keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
     try:
         return train(args)
     except (utils.UsageError, WeightsError, DownloadError) as error:

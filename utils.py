@@ -1,6 +1,7 @@
 """Training plumbing: the data split, the dataset download, train / evaluate loops, checkpoints and plots."""
 import contextlib
 import csv
+import ctypes
 import io
 import json
 import math
@@ -28,6 +29,30 @@ FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/exam
 FLOWER_PHOTOS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 FLOWER_PHOTOS_BYTES = 228_813_984
 FLOWER_PHOTOS_URL_ENV = "FLOWER_PHOTOS_URL"  # a mirror of the archive (same bytes) for users who need one
+
+
+def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
+    """Tell glibc's malloc to keep freed memory instead of handing it back to the OS (Linux only).
+
+    Every training and inference step frees and reallocates the same large activation tensors. By default
+    glibc serves each from fresh mmap pages, and the kernel's page faults to zero them cost more than the
+    arithmetic of the elementwise layers: on our 2-core machines torchvision's B0 forward pass runs about
+    2.5x faster with this setting (BENCHMARKS.md). Peak memory is unchanged; memory simply stays with the
+    process until it exits. `enable=False` restores what glibc settles on by itself (32 MiB mmap threshold,
+    64 MiB trim threshold) and hands back what was kept, as a process that never enabled it would be
+    (benchmark.py switches between the two). Returns False where there is no glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
+    mmap_threshold, trim_threshold = (2**30, 2**30) if enable else (32 * 2**20, 64 * 2**20)
+    applied = bool(libc.mallopt(m_mmap_threshold, ctypes.c_int(mmap_threshold))) and bool(
+        libc.mallopt(m_trim_threshold, ctypes.c_int(trim_threshold)))
+    if not enable:
+        libc.malloc_trim(0)
+    return applied
 
 
 class UsageError(Exception):
@@ -91,15 +116,19 @@ def check_image_header(path: str) -> str | None:
     return None
 
 
-def read_split_data(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0) -> DataSplit:
+def read_split_data(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0, report: bool = True) -> DataSplit:
     """Split a class-per-folder tree into training and validation images.
 
     Classes are the sub-folders of `root` (sorted; hidden ones ignored), images the files directly inside
     them with an image extension, in any letter case. Each class is shuffled with `seed` on its own, and
     round(n * val_rate) of its images, at least one when it has two or more, go to validation. Files whose
     header cannot be read (empty, truncated before the header, not an image) are left out and listed in
-    `skipped`; deeper sub-folders and other files are ignored.
+    `skipped`; deeper sub-folders and other files are ignored. Warnings go to stderr when `report`.
     """
+    def warn(message: str) -> None:
+        if report:
+            print(f"warning: {message}", file=sys.stderr)
+
     root = os.fspath(root)
     if not 0.0 < val_rate < 1.0:
         raise UsageError(f"--val-rate {val_rate} must be between 0 and 1 (exclusive)")
@@ -121,21 +150,20 @@ def read_split_data(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 
             else:
                 paths.append(path)
         if not paths:
-            print(f"warning: class folder {class_dir} holds no readable images; it is not a class",
-                  file=sys.stderr)
+            warn(f"class folder {class_dir} holds no readable images; it is not a class")
             continue
         label = len(split.classes)
         split.classes.append(class_name)
         rng.shuffle(paths)
         n_val = min(max(1, round(len(paths) * val_rate)), len(paths) - 1) if len(paths) >= 2 else 0
         if n_val == 0:
-            print(f"warning: class {class_name} has a single image; it goes to training only", file=sys.stderr)
+            warn(f"class {class_name} has a single image; it goes to training only")
         split.val_paths += paths[:n_val]
         split.val_labels += [label] * n_val
         split.train_paths += paths[n_val:]
         split.train_labels += [label] * (len(paths) - n_val)
     for line in split.skipped:
-        print(f"warning: skipping unreadable image {line}", file=sys.stderr)
+        warn(f"skipping unreadable image {line}")
     if not split.classes:
         raise UsageError(f"data path {root} holds no class folders with images "
                          f"({', '.join(IMAGE_EXTENSIONS)}); expected {root}/<class name>/<image files>")
@@ -260,6 +288,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def freeze_all_but_head(model: nn.Module) -> None:
+    """Train only the last block of `model.features` (the 1x1 head conv) and the classifier, as the
+    tutorial's --freeze-layers does; works for this project's and torchvision's module layout alike."""
+    head = list(model.features.children())[-1]
+    trainable = {id(p) for module in (head, model.classifier) for p in module.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in trainable)
+
+
 def train_mode(model: nn.Module) -> None:
     """model.train(), but BatchNorm layers whose parameters are frozen keep their running statistics."""
     model.train()
@@ -312,6 +349,26 @@ def _progress(loader: DataLoader, description: str, enabled: bool) -> tqdm:
                 leave=False)
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: nn.Module,
+               images: torch.Tensor, labels: torch.Tensor, settings: StepSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and optimizer step on one batch already on the device; returns (loss, logits).
+
+    A non-finite loss still updates the weights: the caller stops and never saves them.
+    """
+    with settings.autocast():
+        logits = model(images)
+        loss = loss_function(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    if settings.scaler is not None:
+        settings.scaler.scale(loss).backward()
+        settings.scaler.step(optimizer)
+        settings.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
                     settings: StepSettings, epoch: int, progress: bool = True) -> EpochResult:
     """One pass over the training data; stops with NonFiniteLossError as soon as the loss is NaN/inf."""
@@ -326,21 +383,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
         if batch is None:  # every image of this batch was unreadable
             continue
         images, labels = settings.to_device(*batch)
-        with settings.autocast():
-            logits = model(images)
-            loss = loss_function(logits, labels)
+        loss, logits = train_step(model, optimizer, loss_function, images, labels, settings)
         batch_loss = loss.item()
         if not math.isfinite(batch_loss):
             raise NonFiniteLossError(f"the training loss became {batch_loss} at epoch {epoch}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        if settings.scaler is not None:
-            settings.scaler.scale(loss).backward()
-            settings.scaler.step(optimizer)
-            settings.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        loss_sum += loss.detach() * labels.numel()
+        loss_sum += loss * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
         bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",

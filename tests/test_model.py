@@ -377,3 +377,31 @@ def test_variant_names_are_normalised_and_unknown_ones_rejected():
 def test_class_indices_file_lists_the_five_flowers():
     classes = json.loads((Path(__file__).parents[1] / "class_indices.json").read_text())
     assert classes == {"0": "daisy", "1": "dandelion", "2": "roses", "3": "sunflowers", "4": "tulips"}
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_memory_efficient_batchnorm_silu_equals_the_two_modules(momentum, monkeypatch):
+    """Training on the CPU takes _BatchNormSiLU; it must compute exactly what BatchNorm2d then SiLU do."""
+    efficient = randomize_(tiny_model()).train()
+    plain = randomize_(tiny_model()).train()
+    for model in (efficient, plain):
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = momentum
+    for module in plain.modules():
+        if isinstance(module, M.ConvBNActivation):
+            monkeypatch.setattr(module, "_memory_efficient", lambda x: False)
+    calls = []
+    real = M._BatchNormSiLU.apply
+    monkeypatch.setattr(M._BatchNormSiLU, "apply", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    for model in (efficient, plain):
+        for _ in range(2):
+            torch.manual_seed(1)
+            model.zero_grad()
+            model(x).square().sum().backward()
+    assert calls  # the efficient path really ran, in the efficient model only
+    for (name, a), b in zip(efficient.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+    for (name, a), b in zip(efficient.state_dict().items(), plain.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

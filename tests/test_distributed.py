@@ -1,0 +1,97 @@
+"""torchrun: two CPU processes with Gloo train like one, write one set of outputs, and fail together."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import model as M
+import utils
+from conftest import train_args
+from imagegen import make_class_folders
+from my_dataset import EvalTransform, MyDataSet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(*args: str, script: str = "train.py", timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("ddp")
+    data = make_class_folders(root / "data", per_class=10)  # 3 validation images per class, 9 in all
+    result = torchrun(*train_args(data, root / "runs", "--epochs", "2", "--val-rate", "0.3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "runs", result
+
+
+def test_two_processes_write_one_set_of_outputs(distributed_run):
+    runs, result = distributed_run
+    folders = list(runs.iterdir())
+    assert len(folders) == 1
+    run = folders[0]
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith("events")) == sorted(
+        ["best.pth", "last.pth", "metrics.csv", "curves.png", "confusion_matrix.png", "class_distribution.png",
+         "class_indices.json", "split.json"])
+    assert len(list(run.glob("events.out.tfevents.*"))) <= 1
+    assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 reports
+    assert "x 2 processes" in result.stdout
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert not any(key.startswith("module.") for key in last["model"])
+
+
+def test_validation_counts_every_image_once_and_matches_one_process(distributed_run):
+    runs, _ = distributed_run
+    run = next(runs.iterdir())
+    last = torch.load(run / "last.pth", weights_only=True)
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) % 2 == 1  # an odd count: padding would have counted one image twice
+    assert int(last["confusion"].sum()) == len(split["val"])
+
+    model = M.model_from_checkpoint(last)
+    image = last["image"]
+    paths = [os.path.join(split["root"], p) for p, _ in split["val"]]
+    labels = [label for _, label in split["val"]]
+    loader = torch.utils.data.DataLoader(
+        MyDataSet(paths, labels, EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"])),
+        batch_size=4, collate_fn=MyDataSet.collate_fn)
+    single = utils.evaluate(model.to(memory_format=torch.channels_last), loader,
+                            utils.StepSettings(torch.device("cpu")), 3, progress=False)
+    assert single.accuracy == last["history"][-1]["val_acc"]
+    assert torch.equal(single.confusion, last["confusion"])
+    assert single.loss == pytest.approx(last["history"][-1]["val_loss"], rel=1e-5)
+
+
+def test_resume_under_torchrun(distributed_run):
+    runs, _ = distributed_run
+    run = next(runs.iterdir())
+    result = torchrun("--resume", str(run), "--progress", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout and torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    wrapper = tmp_path / "fail_on_rank_1.py"
+    wrapper.write_text(
+        "import os, sys, utils, train\n"
+        "real = utils.train_step\n"
+        "def step(*args, **kwargs):\n"
+        "    if os.environ['RANK'] == '1':\n"
+        "        raise RuntimeError('injected failure on rank 1')\n"
+        "    return real(*args, **kwargs)\n"
+        "utils.train_step = step\n"
+        "sys.exit(train.main())\n")
+    start = time.time()
+    result = torchrun(*train_args(data, tmp_path / "runs", "--epochs", "3"), script=str(wrapper), timeout=240)
+    assert result.returncode != 0
+    assert "injected failure on rank 1" in result.stderr
+    assert time.time() - start < 200  # stopped, not hung until the collective timeout
