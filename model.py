@@ -172,7 +172,8 @@ class ConvBNActivation(nn.Sequential):
         """Training a plain BatchNorm2d + SiLU on the CPU (the path tests cover; GPUs take the usual one)."""
         norm = self[1]
         return (x.device.type == "cpu" and norm.training and torch.is_grad_enabled() and type(norm) is nn.BatchNorm2d
-                and isinstance(self[2], nn.SiLU) and norm.affine and norm.track_running_stats)
+                and isinstance(self[2], nn.SiLU) and norm.affine and norm.track_running_stats
+                and x.dtype == norm.weight.dtype)  # CPU autocast hands bfloat16 activations to float32 weights
 
     @torch.jit.unused
     def _batchnorm_silu(self, x: Tensor) -> Tensor:
@@ -395,36 +396,29 @@ def create_model(variant: str, num_classes: int = 1000, pretrained: bool = False
     return model
 
 
-def efficientnet_b0(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b0", num_classes, pretrained)
+def _factory(variant: str) -> Callable[..., EfficientNet]:
+    """efficientnet_bX(num_classes=1000, pretrained=False), documented from the variant table."""
+    spec = VARIANTS[variant]
+
+    def build(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
+        return create_model(variant, num_classes, pretrained)
+
+    build.__name__ = build.__qualname__ = f"efficientnet_{variant}"
+    build.__doc__ = (f"EfficientNet-{variant.upper()}: {spec.num_params:,} parameters at 1000 classes, trained at "
+                     f"{spec.train_size} px, evaluated at {spec.eval_crop} px. With pretrained=True it loads "
+                     f"torchvision's ImageNet weights ({spec.imagenet_top1}% top-1), all but the classifier "
+                     f"when num_classes is not 1000.")
+    return build
 
 
-def efficientnet_b1(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b1", num_classes, pretrained)
-
-
-def efficientnet_b2(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b2", num_classes, pretrained)
-
-
-def efficientnet_b3(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b3", num_classes, pretrained)
-
-
-def efficientnet_b4(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b4", num_classes, pretrained)
-
-
-def efficientnet_b5(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b5", num_classes, pretrained)
-
-
-def efficientnet_b6(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b6", num_classes, pretrained)
-
-
-def efficientnet_b7(num_classes: int = 1000, pretrained: bool = False) -> EfficientNet:
-    return create_model("b7", num_classes, pretrained)
+efficientnet_b0 = _factory("b0")
+efficientnet_b1 = _factory("b1")
+efficientnet_b2 = _factory("b2")
+efficientnet_b3 = _factory("b3")
+efficientnet_b4 = _factory("b4")
+efficientnet_b5 = _factory("b5")
+efficientnet_b6 = _factory("b6")
+efficientnet_b7 = _factory("b7")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -618,8 +612,8 @@ def load_weights(model: EfficientNet, source: str | os.PathLike | Mapping[str, A
                        and state["classifier.1.weight"].shape[1:] == expected["classifier.1.weight"].shape[1:])
     if (missing or unexpected or mismatched) and not classifier_only:
         actual = identify_variant(state)
-        if actual is not None and actual == variant and set(mismatched) <= {"classifier.1.weight",
-                                                                             "classifier.1.bias"}:
+        if actual is not None and actual == variant and mismatched and set(mismatched) <= {
+                "classifier.1.weight", "classifier.1.bias"}:
             raise WeightsError(f"{origin} has {state['classifier.1.weight'].shape[0]} classes but the model "
                                f"{model.num_classes}; the class names must match the weights")
         if actual is not None and actual != variant:

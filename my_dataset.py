@@ -176,8 +176,10 @@ class MyDataSet(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         path = self.images_path[index]
         try:
-            with _seeded(seed):
-                image = load_rgb_tensor(open_image(path), self.transform)
+            with _seeded(seed), open_image(path) as opened:  # closed at once, not when collected
+                image = load_rgb_tensor(opened, self.transform)
+                if image is opened:  # no transform and already RGB: keep a copy that outlives the file
+                    image = opened.copy()
         except Exception as error:  # any broken file must cost one sample, never the epoch
             if path not in self._reported:
                 self._reported.add(path)

@@ -64,14 +64,22 @@ def imagenet_class_names() -> list[str]:
 
 
 def _find_class_indices(weights: Path | None, explicit: str | None, num_classes: int | None) -> tuple[list[str], str]:
+    """Class names for a bare state_dict: --class-indices, else the first class_indices.json (beside the
+    weights, then here) whose count fits the weights, else ImageNet's for a 1000-class model."""
     if explicit:
         return read_class_names(explicit), explicit
+    passed_over = []
     for candidate in ([weights.parent / "class_indices.json"] if weights else []) + [Path("class_indices.json")]:
         if candidate.is_file():
-            return read_class_names(candidate), str(candidate)
+            names = read_class_names(candidate)
+            if num_classes is None or len(names) == num_classes:
+                return names, str(candidate)
+            passed_over.append(f"{candidate} has {len(names)}")
     if num_classes == 1000:
         return imagenet_class_names(), "torchvision's ImageNet categories"
-    raise PredictError("no class_indices.json beside the weights or in this folder; pass --class-indices FILE")
+    found = f" ({'; '.join(passed_over)})" if passed_over else ""
+    raise PredictError(f"no class_indices.json with the weights' {num_classes or 'unknown number of'} classes "
+                       f"beside them or in this folder{found}; pass --class-indices FILE")
 
 
 def _classifier_rows(state: Any) -> int | None:
@@ -260,10 +268,6 @@ def expand_inputs(arguments: Sequence[str]) -> list[Prediction]:
 def save_figure(view: Image.Image, prediction: Prediction, path: str, show: bool,
                 cam: torch.Tensor | None = None) -> None:
     """The photo beside a bar chart of its top-k classes (and the Grad-CAM overlay when given)."""
-    import matplotlib
-
-    if not show:
-        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = 3 if cam is not None else 2
@@ -290,12 +294,31 @@ def save_figure(view: Image.Image, prediction: Prediction, path: str, show: bool
 
 
 def figure_path(template: str | None, source: str, index: int | None, suffix: str = "") -> str:
-    """--save out.png for one image; out_<position>_<image name>.png for each of several."""
+    """--save out.png for one image; out_<position>_<image name>.png for each of several. A folder
+    (existing, or written with a trailing slash) gets [<position>_]<image name>.png inside it."""
     if not template:
         return ""
+    position = f"{index:03d}_" if index is not None else ""
+    if template.endswith(("/", os.sep)) or os.path.isdir(template):
+        return str(Path(template) / f"{position}{Path(source).stem}{suffix}.png")
     target = Path(template)
-    stem = target.stem + (f"_{index:03d}_{Path(source).stem}" if index is not None else "") + suffix
+    stem = target.stem + (f"_{position}{Path(source).stem}" if index is not None else "") + suffix
     return str(target.with_name(stem + (target.suffix or ".png")))
+
+
+def write_figures(classifier: Classifier, result: Prediction, args: argparse.Namespace, position: int | None) -> None:
+    """The --cam and --save/--show figures of one classified image."""
+    view = None
+    if args.cam:
+        view, cam, _ = classifier.grad_cam(result.source)
+        cam_path = figure_path(args.save, result.source, position, "_cam") or figure_path(
+            os.path.join(args.cam_dir, ""), result.source, position, "_cam")
+        save_figure(view, result, cam_path, show=False, cam=cam)
+    if args.save or args.show:
+        if view is None:
+            with open_image(result.source) as opened:
+                view = classifier.transform.view(opened)
+        save_figure(view, result, figure_path(args.save, result.source, position), args.show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="bfloat16 is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
     add("--json", action="store_true", help="print results as JSON")
     add("--save", default=None, metavar="OUT.png",
-        help="write the photo with its top-k bar chart (OUT_<image>.png for several images)")
+        help="write the photo with its top-k bar chart (OUT_<n>_<image>.png for several images; a FOLDER/ "
+             "gets one <image>.png per image)")
     add("--show", action="store_true", help="open the figure in a window, as the tutorial did")
     add("--cam", action="store_true", help="also save a Grad-CAM heat map of where the network looked")
     add("--cam-dir", default="gradcam", help="folder for Grad-CAM images without --save (default gradcam/)")
@@ -341,22 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     for item, prediction in zip(readable, classifier.predict([r.source for r in readable], args.top_k,
                                                              args.batch_size)):
         item.ranked, item.error = prediction.ranked, prediction.error
-    several = len(results) > 1
-    for index, result in enumerate(results):
-        if result.error:
-            continue
-        position = index if several else None
-        cam = view = None
-        if args.cam:
-            view, cam, _ = classifier.grad_cam(result.source)
-            cam_path = figure_path(args.save, result.source, position, "_cam") or str(
-                Path(args.cam_dir) / f"{Path(result.source).stem}_cam.png")
-            save_figure(view, result, cam_path, show=False, cam=cam)
-        if args.save or args.show:
-            if view is None:
-                with open_image(result.source) as opened:
-                    view = classifier.transform.view(opened)
-            save_figure(view, result, figure_path(args.save, result.source, position), args.show)
+    if args.save or args.cam or args.show:
+        import matplotlib
+
+        if not args.show:
+            matplotlib.use("Agg")  # files only: no window, no display needed
+        several = len(results) > 1
+        for index, result in enumerate(results):
+            if result.error is None:
+                try:
+                    write_figures(classifier, result, args, index if several else None)
+                except OSError as error:  # an unwritable --save / --cam-dir: report it, keep the results
+                    result.error = f"cannot write its figure to {error.filename}: {error.strerror or error}"
 
     if args.json:
         print(json.dumps([{"image": r.source, "error": r.error,
@@ -364,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                           for r in results], indent=2))
     else:
         for result in results:
-            if result.error:
+            if not result.ranked:
                 continue
             print(result.source)
             for name, probability in result.ranked:

@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "processes (default 0.01)")
     add("--lrf", type=float, default=0.01, help="final learning rate as a fraction of --lr, reached along a "
                                                  "cosine (default 0.01)")
-    add("--data-path", default=DEFAULT_DATA_PATH,
+    add("--data-path", default=None,
         help=f"folder with one sub-folder of images per class (default {DEFAULT_DATA_PATH}, downloaded "
-             f"when missing)")
+             f"when missing; with --resume: where the run's images are now, if they moved)")
     add("--model", default="b0", choices=list(VARIANTS), help="EfficientNet variant (default b0)")
     add("--weights", default="imagenet",
         help="initial weights: 'imagenet' (torchvision's, downloaded once), a .pth path (this project's "
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output-dir", default="runs", help="where run folders are created (default runs/)")
     add("--name", default=None, help="run folder name (default <date>-<time>-<variant>)")
     add("--resume", default=None, metavar="RUN",
-        help="continue a run: its folder or its last.pth; the run's own settings are used")
+        help="continue a run: its folder or its last.pth; the run's own settings are used, except "
+             "--device, --workers, --progress and --data-path")
     add("--channels-last", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="NHWC memory layout, faster for convolutions on CPUs and GPUs (default true)")
     add("--amp", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
     """The requested device, checked to exist; by default this process's CUDA device, else the CPU."""
     if name is None:
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -96,6 +97,9 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise utils.UsageError(f"--device {name!r} is not a device name; use e.g. cpu, cuda or cuda:1") from None
+    if distributed and device.index is not None:
+        raise utils.UsageError(f"--device {name}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+                               f"pass --device {device.type} (choose GPUs with CUDA_VISIBLE_DEVICES)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise utils.UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
@@ -127,8 +131,8 @@ def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Distributed(), resolve_device(device_name)
-    local_rank = int(os.environ["LOCAL_RANK"])
-    device = resolve_device(device_name, local_rank)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank, distributed=True)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -143,8 +147,6 @@ def image_settings(variant: str, image_size: int | None) -> dict[str, Any]:
     settings = {"train_size": spec.train_size, "eval_resize": spec.eval_resize, "eval_crop": spec.eval_crop,
                 "interpolation": spec.interpolation, "mean": list(MEAN), "std": list(STD)}
     if image_size is not None:
-        if image_size < 32:
-            raise utils.UsageError(f"--image-size {image_size} is too small; use 32 or more")
         settings.update(train_size=image_size, eval_crop=image_size,
                         eval_resize=round(image_size * spec.eval_resize / spec.eval_crop))
     return settings
@@ -166,13 +168,71 @@ def new_run_dir(output_dir: str, name: str | None, variant: str) -> Path:
     return run_dir
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible settings before anything is downloaded or written."""
+    problems = [
+        (args.epochs < 1, f"--epochs {args.epochs}: train for at least 1 epoch"),
+        (args.batch_size < 1, f"--batch-size {args.batch_size}: use 1 or more"),
+        (not args.lr > 0, f"--lr {args.lr}: the learning rate must be positive"),
+        (not 0 <= args.lrf <= 1, f"--lrf {args.lrf}: the final learning-rate fraction must be within 0 ... 1"),
+        (not 0 < args.val_rate < 1, f"--val-rate {args.val_rate}: hold out a fraction between 0 and 1"),
+        (args.workers is not None and args.workers < 0, f"--workers {args.workers}: use 0 or more"),
+        (args.image_size is not None and args.image_size < 32, f"--image-size {args.image_size}: use 32 or more"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise utils.UsageError(message)
+
+
 def find_resume_checkpoint(resume: str) -> Path:
     path = Path(resume)
     if path.is_dir():
         path = path / "last.pth"
     if not path.is_file():
-        raise utils.UsageError(f"--resume {resume}: no {path}; give a run folder or its last.pth")
+        raise utils.UsageError(f"--resume {resume}: no {path}; give a run folder or its last.pth (a run stopped "
+                               f"during its first epoch has none: start it again)")
     return path
+
+
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    checkpoint = read_weights_file(path)
+    needed = ("args", "optimizer", "scheduler", "epoch", "history")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
+        raise utils.UsageError(f"--resume {path}: not a training checkpoint of this project (no optimizer or "
+                               f"schedule state); to start from its weights use --weights {path}")
+    if not (path.parent / "split.json").is_file():
+        raise utils.UsageError(f"--resume {path}: {path.parent / 'split.json'} is missing, so the run's "
+                               f"train/validation split is unknown; start a new run with --weights {path}")
+    return checkpoint
+
+
+def resumed_args(args: argparse.Namespace, saved: dict[str, Any]) -> argparse.Namespace:
+    """The run's saved settings, with this invocation's machine settings; warns about flags left unused."""
+    merged = dict(saved)
+    for key in MACHINE_SETTINGS:
+        merged[key] = getattr(args, key)
+    defaults = build_parser()
+    ignored = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
+               if key not in MACHINE_SETTINGS and key != "data_path" and value != defaults.get_default(key)
+               and value != saved.get(key)]
+    if ignored and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: a resumed run keeps its own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
+    merged["requested_data_path"] = args.data_path
+    return argparse.Namespace(**merged)
+
+
+def resumed_data_root(args: argparse.Namespace, saved_split: dict[str, Any]) -> str:
+    """Where the resumed run's images are: --data-path if given, else where they were (absolute, so a
+    resume from another working directory still finds them)."""
+    if args.requested_data_path is not None:
+        candidates = [args.requested_data_path]
+    else:
+        candidates = [saved_split.get("root", args.data_path), args.data_path]
+    for candidate in candidates:
+        if os.path.isdir(candidate):
+            return candidate
+    raise utils.UsageError(f"--resume: the run's images are no longer in {candidates[0]}; pass --data-path "
+                           f"with their new location")
 
 
 def initial_weights(model: nn.Module, weights: str, is_main: bool) -> None:
@@ -223,22 +283,24 @@ def log(ddp: Distributed, message: str) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    ddp, device = init_distributed(args.device)
     resumed: dict[str, Any] | None = None
     if args.resume:
         resume_path = find_resume_checkpoint(args.resume)
-        resumed = read_weights_file(resume_path)
-        saved_args = dict(resumed["args"])
-        for key in MACHINE_SETTINGS:
-            saved_args[key] = getattr(args, key)
-        args = argparse.Namespace(**saved_args)
+        resumed = read_resume_checkpoint(resume_path)
+        args = resumed_args(args, resumed["args"])
         run_dir = resume_path.parent
-    if args.epochs < 1 or args.batch_size < 1:
-        raise utils.UsageError("--epochs and --batch-size must be at least 1")
+    elif args.data_path is None:
+        args.data_path = DEFAULT_DATA_PATH
+    check_args(args)
+    ddp, device = init_distributed(args.device)
+    if args.sync_bn and (device.type != "cuda" or ddp.world_size == 1):
+        raise utils.UsageError("--sync-bn needs several CUDA processes under torchrun; leave it out here")
 
     # data
     if resumed is not None:
-        split = utils.DataSplit.from_json(json.loads((run_dir / "split.json").read_text()), args.data_path)
+        saved_split = json.loads((run_dir / "split.json").read_text())
+        args.data_path = resumed_data_root(args, saved_split)  # saved with the run, for the next resume
+        split = utils.DataSplit.from_json(saved_split, args.data_path)
     else:
         if args.data_path == DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
             if ddp.is_main:
@@ -267,8 +329,6 @@ def train(args: argparse.Namespace) -> int:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if args.sync_bn:
-        if device.type != "cuda" or ddp.world_size == 1:
-            raise utils.UsageError("--sync-bn needs several CUDA processes under torchrun")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     raw_model = model  # what checkpoints hold: no DDP 'module.' prefix, no compile wrapper
@@ -304,7 +364,11 @@ def train(args: argparse.Namespace) -> int:
             dist.broadcast_object_list(shared, src=0)
             run_dir = shared[0]
         if ddp.is_main:
-            run_dir.mkdir(parents=True)
+            try:
+                run_dir.mkdir(parents=True)
+            except OSError as error:
+                raise utils.UsageError(f"cannot create the run folder {run_dir} ({error.strerror}); choose "
+                                       f"another --output-dir") from None
             utils.write_json(run_dir / "class_indices.json", {str(i): name for i, name in enumerate(classes)})
             utils.write_json(run_dir / "split.json", split.to_json())
             utils.plot_class_distribution(classes, split.counts(split.train_labels), split.counts(split.val_labels),
@@ -338,7 +402,8 @@ def train(args: argparse.Namespace) -> int:
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": settings.scaler.state_dict() if settings.scaler else None,
                     "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
-                    "args": {k: v for k, v in vars(args).items()}, "confusion": validated.confusion}
+                    "args": {k: v for k, v in vars(args).items() if k != "requested_data_path"},
+                    "confusion": validated.confusion}
                 if improved:
                     utils.save_checkpoint(checkpoint, run_dir / "best.pth")
                 utils.save_checkpoint(checkpoint, run_dir / "last.pth")
@@ -356,12 +421,12 @@ def train(args: argparse.Namespace) -> int:
                      f"{' | new best' if improved else ''}"
                      f"{f' | {skipped} unreadable images left out' if skipped > 0 and ddp.world_size == 1 else ''}")
     except KeyboardInterrupt:
-        log(ddp, f"\ninterrupted during epoch {epoch + 1}; {run_dir / 'last.pth'} holds the last completed "
-                 f"epoch. Continue with: python train.py --resume {run_dir}")
+        resumable = (run_dir / "last.pth").is_file()
+        log(ddp, f"\ninterrupted in epoch {epoch + 1}; {saved_so_far(run_dir)}"
+                 f"{f'. Continue with: python train.py --resume {run_dir}' if resumable else ''}")
         return 130
     except utils.NonFiniteLossError as error:
-        log(ddp, f"error: {error}; stopped. {run_dir / 'last.pth'} keeps the last good epoch. Lower --lr "
-                 f"or check the data")
+        log(ddp, f"error: {error}; stopped. {saved_so_far(run_dir)}. Lower --lr or check the data")
         return 1
     finally:
         if writer is not None:
@@ -375,6 +440,12 @@ def train(args: argparse.Namespace) -> int:
               f"saved {run_dir / 'best.pth'}; classify a photo with: python predict.py IMAGE --weights "
               f"{run_dir / 'best.pth'}")
     return 0
+
+
+def saved_so_far(run_dir: Path) -> str:
+    if (run_dir / "last.pth").is_file():
+        return f"{run_dir / 'last.pth'} holds the last completed epoch"
+    return "no epoch was completed, so no checkpoint was saved"
 
 
 def tensorboard_writer(run_dir: Path) -> Any:
@@ -394,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     except (utils.UsageError, WeightsError, DownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk or a folder we may not write: nothing saved so far is lost
+        print(f"error: {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -261,8 +261,9 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        if self.pad and self.size % self.num_replicas:
-            order += order[: self.num_replicas - self.size % self.num_replicas]
+        if self.pad and order and len(order) % self.num_replicas:
+            total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
+            order = (order * math.ceil(total / len(order)))[:total]  # fewer samples than processes repeat more
         return order[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -286,6 +287,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def present_on_every_process(present: bool, device: torch.device) -> bool:
+    """Whether every process has a batch for this step. Under DistributedDataParallel a process that skipped
+    a step alone would leave the others waiting in the gradient all-reduce, so they all skip it together."""
+    if not is_distributed():
+        return present
+    flag = torch.tensor(int(present), device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def freeze_all_but_head(model: nn.Module) -> None:
@@ -380,7 +391,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
     start = time.perf_counter()
     bar = _progress(data_loader, f"[train epoch {epoch}]", progress)
     for step, batch in enumerate(bar):
-        if batch is None:  # every image of this batch was unreadable
+        if not present_on_every_process(batch is not None, settings.device):  # every image was unreadable
             continue
         images, labels = settings.to_device(*batch)
         loss, logits = train_step(model, optimizer, loss_function, images, labels, settings)
@@ -452,6 +463,15 @@ class CosineFactor:
 # Files written atomically
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; done once, at import, before any threads
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step, else it is removed.
@@ -461,6 +481,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private; give it the mode open() would
     try:
         yield temporary
         with open(temporary, "rb+") as f:

@@ -167,6 +167,8 @@ def test_epoch_sampler_covers_each_sample_once_per_epoch_and_reshuffles():
     assert sorted(sum(shards, [])) == list(range(10))
     padded = [len(utils.EpochSampler(10, True, rank=r, num_replicas=3, pad=True)) for r in range(3)]
     assert padded == [4, 4, 4]
+    tiny = [[i for i, _ in utils.EpochSampler(1, True, rank=r, num_replicas=4, pad=True)] for r in range(4)]
+    assert tiny == [[0], [0], [0], [0]]  # fewer samples than processes: every process still gets a step
 
 
 def test_augmentation_depends_only_on_the_sample_seed(tmp_path):

@@ -78,20 +78,38 @@ def test_resume_under_torchrun(distributed_run):
     assert "resuming" in result.stdout and torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
 
 
-def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
+def torchrun_patched(tmp_path: Path, patch: str, epochs: int) -> subprocess.CompletedProcess:
+    """torchrun of train.py on generated images, with `patch` (Python source) applied in every process first."""
     data = make_class_folders(tmp_path / "data", per_class=6)
-    wrapper = tmp_path / "fail_on_rank_1.py"
-    wrapper.write_text(
-        "import os, sys, utils, train\n"
+    wrapper = tmp_path / "patched_train.py"
+    wrapper.write_text(f"import os, sys, train, utils\n{patch}\nsys.exit(train.main())\n")
+    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs)), script=str(wrapper), timeout=240)
+
+
+def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
+    start = time.time()
+    result = torchrun_patched(tmp_path, (
         "real = utils.train_step\n"
         "def step(*args, **kwargs):\n"
         "    if os.environ['RANK'] == '1':\n"
         "        raise RuntimeError('injected failure on rank 1')\n"
         "    return real(*args, **kwargs)\n"
-        "utils.train_step = step\n"
-        "sys.exit(train.main())\n")
-    start = time.time()
-    result = torchrun(*train_args(data, tmp_path / "runs", "--epochs", "3"), script=str(wrapper), timeout=240)
+        "utils.train_step = step"), epochs=3)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert time.time() - start < 200  # stopped, not hung until the collective timeout
+
+
+def test_a_batch_missing_on_one_rank_is_skipped_by_every_rank(tmp_path):
+    """If every image of one process's batch is unreadable, all processes skip that step together;
+    a process skipping alone would leave the others waiting in the gradient all-reduce."""
+    result = torchrun_patched(tmp_path, (
+        "from my_dataset import MyDataSet\n"
+        "real = MyDataSet.collate_fn\n"
+        "calls = []\n"
+        "def collate(batch):\n"
+        "    calls.append(1)\n"
+        "    return None if os.environ['RANK'] == '1' and len(calls) == 1 else real(batch)\n"
+        "MyDataSet.collate_fn = staticmethod(collate)"), epochs=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 1/1:" in result.stdout

@@ -302,6 +302,9 @@ def test_stray_missing_and_misshapen_keys_are_named_and_nothing_loads():
     missing = {k: v for k, v in good.items() if not k.startswith("features.4b.")}
     with pytest.raises(M.WeightsError, match=r"missing features\.4b\.block\.expand_conv\.0\.weight"):
         M.load_weights(model, missing)
+    headless = {k: v for k, v in good.items() if not k.startswith("classifier.")}
+    with pytest.raises(M.WeightsError, match=r"missing classifier\.1\.weight, classifier\.1\.bias"):
+        M.load_weights(model, headless)
     misshapen = {**good, "features.top.1.weight": torch.zeros(7)}
     with pytest.raises(M.WeightsError, match=r"wrong shape features\.top\.1\.weight \(7,\) vs \(1280,\)"):
         M.load_weights(model, misshapen)
@@ -405,3 +408,42 @@ def test_memory_efficient_batchnorm_silu_equals_the_two_modules(momentum, monkey
         assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
     for (name, a), b in zip(efficient.state_dict().items(), plain.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_cpu_autocast_training_takes_the_usual_batchnorm_path():
+    """Under bfloat16 autocast, BatchNorm sees bfloat16 activations with float32 weights: the fused
+    function does not handle mixed dtypes, so those layers must fall back and still train."""
+    model = randomize_(tiny_model()).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().square().sum()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_torch_hub_entry_points():
+    repo = str(Path(__file__).resolve().parents[1])
+    model = torch.hub.load(repo, "efficientnet_b0", source="local", num_classes=5)
+    assert isinstance(model, M.EfficientNet) and model.num_classes == 5
+
+
+def test_readme_variant_table_matches_the_model_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for variant, spec in M.VARIANTS.items():
+        row = f"| {variant} | `efficientnet_{variant}` | {spec.num_params:,} | {spec.train_size} | " \
+              f"{spec.eval_resize} / {spec.eval_crop} {spec.interpolation} | {spec.imagenet_top1:.3f} | {spec.bn_eps:g} |"
+        assert row in readme, row
+
+
+@pytest.mark.parametrize("variant", ["b0", "b3"])
+def test_folded_batchnorm_computes_the_same_function(variant):
+    model = randomize_(M.create_model(variant, num_classes=10)).eval()
+    folded = M.fuse_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(3, 3, 96, 96)
+    with torch.inference_mode():
+        expected = model(x)
+        assert (folded(x) - expected).abs().max() <= 1e-4
+        fast = folded.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+        assert (fast - expected).abs().max() <= 1e-4

@@ -100,6 +100,30 @@ def test_figure_and_grad_cam_are_saved(trained_run, tmp_path):
     assert (out.parent / f"prediction_000_{Path(paths[0]).stem}.png").is_file()
 
 
+def test_figures_of_same_named_photos_in_different_folders_do_not_collide(trained_run, tmp_path, monkeypatch):
+    paths, _ = val_images(trained_run)
+    for folder, source in (("a", paths[0]), ("b", paths[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    weights = ["--weights", str(trained_run / "best.pth")]
+    assert predict.main(["a/photo.png", "b/photo.png", *weights, "--cam"]) == 0
+    assert sorted(p.name for p in (tmp_path / "gradcam").iterdir()) == ["000_photo_cam.png", "001_photo_cam.png"]
+    assert predict.main(["a/photo.png", "b/photo.png", *weights, "--save", "figures/"]) == 0
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["000_photo.png", "001_photo.png"]
+
+
+def test_an_unwritable_figure_is_reported_and_the_results_still_printed(trained_run, tmp_path, capsys):
+    paths, _ = val_images(trained_run)
+    (tmp_path / "a_file").write_text("not a folder")
+    capsys.readouterr()
+    status = predict.main([paths[0], "--weights", str(trained_run / "best.pth"),
+                           "--save", str(tmp_path / "a_file" / "out.png")])
+    out, err = capsys.readouterr()
+    assert status == 1 and paths[0] in out and "Traceback" not in err
+    assert f"error: {paths[0]}: cannot write its figure to" in err
+
+
 def test_grad_cam_highlights_the_informative_region(trained_run):
     classifier = predict.Classifier.from_weights(trained_run / "best.pth")
     path = val_images(trained_run)[0][0]
@@ -197,9 +221,27 @@ def test_missing_weights_and_no_runs(tmp_path, monkeypatch, capsys):
 def test_class_count_that_disagrees_with_class_indices(trained_run, tmp_path, capsys):
     model = M.model_from_checkpoint(trained_run / "best.pth")
     torch.save(model.state_dict(), tmp_path / "model.pth")
+    (tmp_path / "five.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
+    _fails_with(["x.jpg", "--weights", str(tmp_path / "model.pth"), "--class-indices", str(tmp_path / "five.json")],
+                capsys, "has 3 classes but the model 5", f"5 from {tmp_path / 'five.json'}")
+    # a class_indices.json found on its own (beside the weights, or here) that does not fit is passed over
     (tmp_path / "class_indices.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
     _fails_with(["x.jpg", "--weights", str(tmp_path / "model.pth")], capsys,
-                "has 3 classes but the model 5", f"5 from {tmp_path / 'class_indices.json'}")
+                "no class_indices.json with the weights' 3 classes", f"{tmp_path / 'class_indices.json'} has 5",
+                "--class-indices")
+
+
+def test_a_fitting_class_indices_here_is_used_when_the_one_beside_the_weights_does_not_fit(
+        trained_run, tmp_path, monkeypatch, capsys):
+    model = M.model_from_checkpoint(trained_run / "best.pth")
+    (tmp_path / "weights").mkdir()
+    torch.save(model.state_dict(), tmp_path / "weights" / "model.pth")
+    (tmp_path / "weights" / "class_indices.json").write_text(json.dumps({str(i): f"c{i}" for i in range(5)}))
+    (tmp_path / "class_indices.json").write_text(json.dumps({"0": "blue", "1": "green", "2": "red"}))
+    monkeypatch.chdir(tmp_path)
+    paths, _ = val_images(trained_run)
+    status, results = run_json(capsys, paths[0], "--weights", str(tmp_path / "weights" / "model.pth"))
+    assert status == 0 and {p["class"] for p in results[0]["predictions"]} == {"blue", "green", "red"}
 
 
 def test_weights_of_another_variant(tmp_path, capsys):

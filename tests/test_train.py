@@ -146,6 +146,11 @@ utils.save_checkpoint({{"epoch": 2}}, {str(target)!r})
     assert load(target)["epoch"] == 1
 
 
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    utils.write_text(tmp_path / "metrics.csv", "epoch\n")  # mkstemp alone would leave it private (0o600)
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~utils._UMASK
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real_loss = torch.nn.CrossEntropyLoss
@@ -160,10 +165,84 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     data = make_class_folders(tmp_path / "data", per_class=10)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "3", "--name", "nan")) == 1
     out = capsys.readouterr().out
-    assert "the training loss became nan at epoch 1" in out and "keeps the last good epoch" in out
+    assert "the training loss became nan at epoch 1" in out and "holds the last completed epoch" in out
     last = load(tmp_path / "runs" / "nan" / "last.pth")
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values()
                                       if t.is_floating_point())
+
+
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils, "train_one_epoch", interrupted)
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    assert train.main(train_args(data, tmp_path / "runs", "--name", "early")) == 130
+    out = capsys.readouterr().out
+    assert "no epoch was completed, so no checkpoint was saved" in out and "--resume" not in out
+
+
+def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkeypatch, capsys):
+    real_evaluate = utils.evaluate
+    evaluations = []
+
+    def evaluate_then_stop_in_epoch_2(*args, **kwargs):
+        evaluations.append(1)
+        if len(evaluations) >= 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop_in_epoch_2)
+    monkeypatch.chdir(tmp_path)
+    make_class_folders(tmp_path / "data", per_class=4)
+    assert train.main(train_args(Path("data"), Path("runs"), "--epochs", "2", "--name", "r")) == 130
+    run = tmp_path / "runs" / "r"
+    assert load(run / "last.pth")["epoch"] == 1
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the run's relative --data-path no longer points at the images
+    assert train.main(["--resume", str(run), "--progress", "false"]) == 130  # found them: got to epoch 2
+    (tmp_path / "data").rename(tmp_path / "moved")
+    _fails_with(["--resume", str(run)], capsys, "no longer in", "--data-path")
+
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    assert train.main(["--resume", str(run), "--data-path", str(tmp_path / "moved"), "--progress", "false",
+                       "--lr", "0.5"]) == 0
+    assert "ignoring --lr" in capsys.readouterr().err  # a resumed run keeps its own settings
+    last = load(run / "last.pth")
+    assert last["epoch"] == 2 and last["args"]["data_path"] == str(tmp_path / "moved")
+    assert last["args"]["lr"] == 0.01
+
+
+def test_resume_needs_a_training_checkpoint_with_its_split(tmp_path, capsys, trained_run):
+    bare = tmp_path / "model-29.pth"
+    torch.save(M.efficientnet_b0(num_classes=3).state_dict(), bare)
+    _fails_with(["--resume", str(bare)], capsys, "not a training checkpoint", f"--weights {bare}")
+    copy = tmp_path / "copied_run"
+    copy.mkdir()
+    (copy / "last.pth").write_bytes((trained_run / "last.pth").read_bytes())
+    _fails_with(["--resume", str(copy)], capsys, "split.json is missing")
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "0"), ("--lrf", "2"),
+                                         ("--val-rate", "1"), ("--workers", "-1"), ("--image-size", "16")])
+def test_impossible_settings_are_refused_before_any_download(flag, value, tmp_path, capsys, monkeypatch,
+                                                                closed_port_url):
+    monkeypatch.chdir(tmp_path)  # the default data folder is missing: a late check would try to download first
+    monkeypatch.setenv(utils.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    _fails_with(["--weights", "none", flag, value], capsys, f"{flag} {value}")
+
+
+def test_sync_bn_needs_cuda_processes(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    _fails_with(train_args(data, tmp_path / "runs", "--sync-bn"), capsys, "--sync-bn", "torchrun")
+
+
+def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    (tmp_path / "a_file").write_text("not a folder")
+    _fails_with(train_args(data, tmp_path / "a_file"), capsys, "cannot create the run folder", "--output-dir")
 
 
 def test_flags_default_to_the_tutorial_recipe():
