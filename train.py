@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
              "(default true; the CPU always trains in float32, which is faster there)")
     add("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     add("--grad-checkpointing", action="store_true",
-        help="recompute activations in the backward pass: far less memory, about a third slower")
+        help="recompute activations in the backward pass: far less memory (see BENCHMARKS.md), slower steps")
     add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs under torchrun")
     add("--progress", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="show progress bars (default true)")
