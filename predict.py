@@ -295,30 +295,54 @@ def save_figure(view: Image.Image, prediction: Prediction, path: str, show: bool
 
 def figure_path(template: str | None, source: str, index: int | None, suffix: str = "") -> str:
     """--save out.png for one image; out_<position>_<image name>.png for each of several. A folder
-    (existing, or written with a trailing slash) gets [<position>_]<image name>.png inside it."""
+    (existing, or written with a trailing slash) gets [<position>_]<image name>_pred.png inside it, a name
+    that cannot be the photo itself even when the folder is the photos' own."""
     if not template:
         return ""
     position = f"{index:03d}_" if index is not None else ""
-    if template.endswith(("/", os.sep)) or os.path.isdir(template):
-        return str(Path(template) / f"{position}{Path(source).stem}{suffix}.png")
+    if is_folder(template):
+        return str(Path(template) / f"{position}{Path(source).stem}{suffix or '_pred'}.png")
     target = Path(template)
     stem = target.stem + (f"_{position}{Path(source).stem}" if index is not None else "") + suffix
     return str(target.with_name(stem + (target.suffix or ".png")))
 
 
-def write_figures(classifier: Classifier, result: Prediction, args: argparse.Namespace, position: int | None) -> None:
-    """The --cam and --save/--show figures of one classified image."""
+def is_folder(template: str) -> bool:
+    return template.endswith(("/", os.sep)) or os.path.isdir(template)
+
+
+def check_figure_name(template: str | None) -> None:
+    """Refuse a --save name matplotlib cannot write, before any work is done."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if not template or is_folder(template):
+        return
+    extension = Path(template).suffix.lower().lstrip(".")
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if extension and extension not in supported:
+        raise PredictError(f"--save {template}: cannot write .{extension} figures; use one of "
+                           f"{', '.join('.' + e for e in sorted(supported))}")
+
+
+def write_figures(classifier: Classifier, result: Prediction, args: argparse.Namespace, position: int | None,
+                  inputs: set[Path]) -> None:
+    """The --cam and --save/--show figures of one classified image; never over one of the input photos."""
+    def target(path: str) -> str:
+        if path and Path(path).resolve() in inputs:
+            raise PredictError(f"its figure would overwrite the photo {path}; choose another --save")
+        return path
+
     view = None
     if args.cam:
         view, cam, _ = classifier.grad_cam(result.source)
         cam_path = figure_path(args.save, result.source, position, "_cam") or figure_path(
             os.path.join(args.cam_dir, ""), result.source, position, "_cam")
-        save_figure(view, result, cam_path, show=False, cam=cam)
+        save_figure(view, result, target(cam_path), show=False, cam=cam)
     if args.save or args.show:
         if view is None:
             with open_image(result.source) as opened:
                 view = classifier.transform.view(opened)
-        save_figure(view, result, figure_path(args.save, result.source, position), args.show)
+        save_figure(view, result, target(figure_path(args.save, result.source, position)), args.show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--json", action="store_true", help="print results as JSON")
     add("--save", default=None, metavar="OUT.png",
         help="write the photo with its top-k bar chart (OUT_<n>_<image>.png for several images; a FOLDER/ "
-             "gets one <image>.png per image)")
+             "gets one <image>_pred.png per image)")
     add("--show", action="store_true", help="open the figure in a window, as the tutorial did")
     add("--cam", action="store_true", help="also save a Grad-CAM heat map of where the network looked")
     add("--cam-dir", default="gradcam", help="folder for Grad-CAM images without --save (default gradcam/)")
@@ -354,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --top-k and --batch-size must be at least 1", file=sys.stderr)
         return 2
     try:
+        check_figure_name(args.save)
         classifier = Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices,
                                              args.device, args.precision)
     except (PredictError, WeightsError, ValueError, RuntimeError) as error:
@@ -371,12 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.show:
             matplotlib.use("Agg")  # files only: no window, no display needed
         several = len(results) > 1
+        inputs = {Path(r.source).resolve() for r in results}
         for index, result in enumerate(results):
             if result.error is None:
                 try:
-                    write_figures(classifier, result, args, index if several else None)
+                    write_figures(classifier, result, args, index if several else None, inputs)
+                except PredictError as error:
+                    result.error = str(error)
                 except OSError as error:  # an unwritable --save / --cam-dir: report it, keep the results
-                    result.error = f"cannot write its figure to {error.filename}: {error.strerror or error}"
+                    result.error = f"no figure: {error}"
 
     if args.json:
         print(json.dumps([{"image": r.source, "error": r.error,

@@ -29,8 +29,9 @@ from model import MEAN, STD, VARIANTS, WeightsError, checkpoint_fields, create_m
 from my_dataset import EvalTransform, MyDataSet, TrainTransform
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
-# settings that may differ when a run is resumed (they do not change what is computed)
-MACHINE_SETTINGS = ("resume", "device", "workers", "progress")
+# settings that may differ when a run is resumed: where and how fast it runs, not what it computes
+MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
+                    "sync_bn")
 
 
 def parse_bool(text: str) -> bool:
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output-dir", default="runs", help="where run folders are created (default runs/)")
     add("--name", default=None, help="run folder name (default <date>-<time>-<variant>)")
     add("--resume", default=None, metavar="RUN",
-        help="continue a run: its folder or its last.pth; the run's own settings are used, except "
-             "--device, --workers, --progress and --data-path")
+        help="continue a run: its folder or its last.pth; the run's own settings are used, except how it "
+             "runs (--device, --workers, --progress, --channels-last, --compile, --grad-checkpointing, "
+             "--sync-bn) and --data-path")
     add("--channels-last", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="NHWC memory layout, faster for convolutions on CPUs and GPUs (default true)")
     add("--amp", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
@@ -92,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
     """The requested device, checked to exist; by default this process's CUDA device, else the CPU."""
     if name is None:
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise utils.UsageError(f"LOCAL_RANK {local_rank}, but only {torch.cuda.device_count()} CUDA device(s) "
+                                   f"exist; start at most that many processes per machine")
+        return torch.device("cuda", local_rank)
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -121,6 +128,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    active: bool = False  # a process group exists (under torchrun, even with one process)
 
     @property
     def is_main(self) -> bool:
@@ -128,9 +136,9 @@ class Distributed:
 
 
 def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device]:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if "LOCAL_RANK" not in os.environ:  # plain `python train.py`
         return Distributed(), resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank, distributed=True)
     if device.type == "cuda":
@@ -138,7 +146,7 @@ def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
                             device_id=device if device.type == "cuda" else None)
-    return Distributed(dist.get_rank(), world_size, local_rank), device
+    return Distributed(dist.get_rank(), world_size, local_rank, active=True), device
 
 
 def image_settings(variant: str, image_size: int | None) -> dict[str, Any]:
@@ -206,15 +214,21 @@ def read_resume_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def resumed_args(args: argparse.Namespace, saved: dict[str, Any]) -> argparse.Namespace:
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not those left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:  # argparse offers no public way to drop the defaults of a built parser
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resumed_args(args: argparse.Namespace, saved: dict[str, Any], given: set[str]) -> argparse.Namespace:
     """The run's saved settings, with this invocation's machine settings; warns about flags left unused."""
     merged = dict(saved)
     for key in MACHINE_SETTINGS:
         merged[key] = getattr(args, key)
-    defaults = build_parser()
-    ignored = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
-               if key not in MACHINE_SETTINGS and key != "data_path" and value != defaults.get_default(key)
-               and value != saved.get(key)]
+    ignored = [f"--{key.replace('_', '-')}" for key in sorted(given)
+               if key not in MACHINE_SETTINGS and key != "data_path" and getattr(args, key) != saved.get(key)]
     if ignored and int(os.environ.get("RANK", "0")) == 0:
         print(f"note: a resumed run keeps its own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
     merged["requested_data_path"] = args.data_path
@@ -230,7 +244,7 @@ def resumed_data_root(args: argparse.Namespace, saved_split: dict[str, Any]) -> 
         candidates = [saved_split.get("root", args.data_path), args.data_path]
     for candidate in candidates:
         if os.path.isdir(candidate):
-            return candidate
+            return os.path.abspath(candidate)
     raise utils.UsageError(f"--resume: the run's images are no longer in {candidates[0]}; pass --data-path "
                            f"with their new location")
 
@@ -282,19 +296,20 @@ def log(ddp: Distributed, message: str) -> None:
         print(message, flush=True)
 
 
-def train(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
+    """Run (or, with args.resume, continue) a training run; `given` names the flags the user wrote."""
     resumed: dict[str, Any] | None = None
     if args.resume:
         resume_path = find_resume_checkpoint(args.resume)
         resumed = read_resume_checkpoint(resume_path)
-        args = resumed_args(args, resumed["args"])
+        args = resumed_args(args, resumed["args"], given)
         run_dir = resume_path.parent
     elif args.data_path is None:
         args.data_path = DEFAULT_DATA_PATH
     check_args(args)
     ddp, device = init_distributed(args.device)
-    if args.sync_bn and (device.type != "cuda" or ddp.world_size == 1):
-        raise utils.UsageError("--sync-bn needs several CUDA processes under torchrun; leave it out here")
+    if args.sync_bn and (device.type != "cuda" or not ddp.active):
+        raise utils.UsageError("--sync-bn needs CUDA processes under torchrun; leave it out here")
 
     # data
     if resumed is not None:
@@ -305,7 +320,7 @@ def train(args: argparse.Namespace) -> int:
         if args.data_path == DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
             if ddp.is_main:
                 utils.ensure_flower_photos(args.data_path)
-            if ddp.world_size > 1:
+            if ddp.active:
                 dist.barrier()
         split = utils.read_split_data(args.data_path, args.val_rate, args.seed, report=ddp.is_main)
     classes = split.classes
@@ -332,11 +347,13 @@ def train(args: argparse.Namespace) -> int:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     raw_model = model  # what checkpoints hold: no DDP 'module.' prefix, no compile wrapper
-    if ddp.world_size > 1:
+    eval_model = model  # evaluation skips DDP: processes may hold different numbers of validation batches
+    if ddp.active:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None)
     if args.compile:
         model = torch.compile(model)
+        eval_model = model if not ddp.active else eval_model
 
     parameters = [p for p in raw_model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=args.lr, momentum=0.9, weight_decay=1e-4)
@@ -359,7 +376,7 @@ def train(args: argparse.Namespace) -> int:
             best_confusion = read_weights_file(best_path).get("confusion")
     else:
         run_dir = new_run_dir(args.output_dir, args.name, args.model) if ddp.is_main else None
-        if ddp.world_size > 1:  # every process needs rank 0's choice (the clock differs between them)
+        if ddp.active:  # every process needs rank 0's choice (the clock differs between them)
             shared = [run_dir]
             dist.broadcast_object_list(shared, src=0)
             run_dir = shared[0]
@@ -385,9 +402,10 @@ def train(args: argparse.Namespace) -> int:
             train_sampler.set_epoch(epoch)
             torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout and stochastic depth, resumable
             lr = optimizer.param_groups[0]["lr"]
-            trained = utils.train_one_epoch(model, optimizer, train_loader, settings, epoch,
+            trained = utils.train_one_epoch(model, optimizer, train_loader, settings, epoch + 1,
                                             progress=args.progress and ddp.is_main)
-            validated = utils.evaluate(model, val_loader, settings, len(classes), progress=args.progress
+            utils.broadcast_buffers(raw_model)  # every process evaluates what rank 0 saves
+            validated = utils.evaluate(eval_model, val_loader, settings, len(classes), progress=args.progress
                                        and ddp.is_main)
             scheduler.step()
             history.append({"epoch": epoch + 1, "train_loss": trained.loss, "train_acc": trained.accuracy,
@@ -459,9 +477,10 @@ def tensorboard_writer(run_dir: Path) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = given_flags(argv)
     utils.keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
     try:
-        return train(args)
+        return train(args, given)
     except (utils.UsageError, WeightsError, DownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

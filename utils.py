@@ -289,14 +289,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def present_on_every_process(present: bool, device: torch.device) -> bool:
-    """Whether every process has a batch for this step. Under DistributedDataParallel a process that skipped
-    a step alone would leave the others waiting in the gradient all-reduce, so they all skip it together."""
+def true_on_every_process(condition: bool, device: torch.device) -> bool:
+    """Whether `condition` holds in every process (just `condition` when not distributed). Processes that
+    act on it together stay in step: one skipping a batch or stopping alone would leave the others waiting
+    in the next collective."""
     if not is_distributed():
-        return present
-    flag = torch.tensor(int(present), device=device)
+        return condition
+    flag = torch.tensor(int(condition), device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics drift apart in the last training step)."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def freeze_all_but_head(model: nn.Module) -> None:
@@ -382,7 +390,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
                     settings: StepSettings, epoch: int, progress: bool = True) -> EpochResult:
-    """One pass over the training data; stops with NonFiniteLossError as soon as the loss is NaN/inf."""
+    """One pass over the training data (`epoch` counts from 1, for messages); stops with NonFiniteLossError
+    as soon as the loss is NaN or infinite."""
     train_mode(model)
     loss_function = nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
@@ -391,13 +400,14 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
     start = time.perf_counter()
     bar = _progress(data_loader, f"[train epoch {epoch}]", progress)
     for step, batch in enumerate(bar):
-        if not present_on_every_process(batch is not None, settings.device):  # every image was unreadable
+        if not true_on_every_process(batch is not None, settings.device):  # every image was unreadable
             continue
         images, labels = settings.to_device(*batch)
         loss, logits = train_step(model, optimizer, loss_function, images, labels, settings)
         batch_loss = loss.item()
-        if not math.isfinite(batch_loss):
-            raise NonFiniteLossError(f"the training loss became {batch_loss} at epoch {epoch}, step {step}")
+        if not true_on_every_process(math.isfinite(batch_loss), settings.device):
+            value = batch_loss if not math.isfinite(batch_loss) else "non-finite in another process"
+            raise NonFiniteLossError(f"the training loss became {value} in epoch {epoch}, step {step + 1}")
         loss_sum += loss * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()

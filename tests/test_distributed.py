@@ -113,3 +113,15 @@ def test_a_batch_missing_on_one_rank_is_skipped_by_every_rank(tmp_path):
         "MyDataSet.collate_fn = staticmethod(collate)"), epochs=1)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/1:" in result.stdout
+
+
+def test_fewer_validation_images_than_processes(tmp_path):
+    """One validation image for two processes: the one with no validation batch must not leave the other
+    waiting (evaluation runs outside DistributedDataParallel, on rank 0's BatchNorm statistics)."""
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    for name in ("green", "blue"):
+        next((data / name).iterdir()).unlink()  # one image each: nothing of theirs is held out
+    result = torchrun(*train_args(data, tmp_path / "runs", "--epochs", "1"), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = next((tmp_path / "runs").iterdir())
+    assert int(torch.load(run / "last.pth", weights_only=True)["confusion"].sum()) == 1

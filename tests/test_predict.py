@@ -110,7 +110,7 @@ def test_figures_of_same_named_photos_in_different_folders_do_not_collide(traine
     assert predict.main(["a/photo.png", "b/photo.png", *weights, "--cam"]) == 0
     assert sorted(p.name for p in (tmp_path / "gradcam").iterdir()) == ["000_photo_cam.png", "001_photo_cam.png"]
     assert predict.main(["a/photo.png", "b/photo.png", *weights, "--save", "figures/"]) == 0
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["000_photo.png", "001_photo.png"]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["000_photo_pred.png", "001_photo_pred.png"]
 
 
 def test_an_unwritable_figure_is_reported_and_the_results_still_printed(trained_run, tmp_path, capsys):
@@ -121,7 +121,28 @@ def test_an_unwritable_figure_is_reported_and_the_results_still_printed(trained_
                            "--save", str(tmp_path / "a_file" / "out.png")])
     out, err = capsys.readouterr()
     assert status == 1 and paths[0] in out and "Traceback" not in err
-    assert f"error: {paths[0]}: cannot write its figure to" in err
+    assert f"error: {paths[0]}: no figure:" in err and "a_file" in err
+
+
+def test_figures_never_overwrite_the_photos(trained_run, tmp_path, capsys):
+    paths, _ = val_images(trained_run)
+    photo = tmp_path / "photos" / "rose.png"
+    photo.parent.mkdir()
+    shutil.copy(paths[0], photo)
+    before = photo.read_bytes()
+    weights = ["--weights", str(trained_run / "best.pth")]
+    assert predict.main([str(photo), *weights, "--save", str(photo.parent)]) == 0  # the photos' own folder
+    assert photo.read_bytes() == before and (photo.parent / "rose_pred.png").is_file()
+    capsys.readouterr()
+    assert predict.main([str(photo), *weights, "--save", str(photo)]) == 1
+    assert photo.read_bytes() == before
+    assert "would overwrite the photo" in capsys.readouterr().err
+
+
+def test_a_figure_format_matplotlib_cannot_write_is_refused_first(trained_run, capsys):
+    paths, _ = val_images(trained_run)
+    _fails_with([paths[0], "--weights", str(trained_run / "best.pth"), "--save", "out.v2"], capsys,
+                "--save out.v2", "cannot write .v2 figures", ".png")
 
 
 def test_grad_cam_highlights_the_informative_region(trained_run):

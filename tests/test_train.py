@@ -159,13 +159,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         def forward(self, logits, labels):
             calls["n"] += 1
             loss = super().forward(logits, labels)
-            return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1 has 6 steps
+            return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1: 6 steps, 2 val batches
 
     monkeypatch.setattr(utils.nn, "CrossEntropyLoss", FailingLoss)
     data = make_class_folders(tmp_path / "data", per_class=10)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "3", "--name", "nan")) == 1
     out = capsys.readouterr().out
-    assert "the training loss became nan at epoch 1" in out and "holds the last completed epoch" in out
+    assert "the training loss became nan in epoch 2, step 1" in out and "holds the last completed epoch" in out
     last = load(tmp_path / "runs" / "nan" / "last.pth")
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["model"].values()
                                       if t.is_floating_point())
@@ -207,12 +207,17 @@ def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkey
     _fails_with(["--resume", str(run)], capsys, "no longer in", "--data-path")
 
     monkeypatch.setattr(utils, "evaluate", real_evaluate)
-    assert train.main(["--resume", str(run), "--data-path", str(tmp_path / "moved"), "--progress", "false",
-                       "--lr", "0.5"]) == 0
-    assert "ignoring --lr" in capsys.readouterr().err  # a resumed run keeps its own settings
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--resume", str(run), "--data-path", "moved", "--progress", "false", "--lr", "0.5",
+                       "--freeze-layers", "true", "--grad-checkpointing"]) == 0
+    # a resumed run keeps its own settings, and names the flags it ignores, defaults included
+    assert "ignoring --freeze-layers, --lr" in capsys.readouterr().err
     last = load(run / "last.pth")
     assert last["epoch"] == 2 and last["args"]["data_path"] == str(tmp_path / "moved")
-    assert last["args"]["lr"] == 0.01
+    assert last["args"]["lr"] == 0.01 and last["args"]["freeze_layers"] is False
+    assert last["args"]["grad_checkpointing"] is True  # how it runs may change
+    monkeypatch.chdir(elsewhere)
+    assert train.main(["--resume", str(run), "--progress", "false"]) == 0  # the new place was saved absolute
 
 
 def test_resume_needs_a_training_checkpoint_with_its_split(tmp_path, capsys, trained_run):
@@ -234,9 +239,15 @@ def test_impossible_settings_are_refused_before_any_download(flag, value, tmp_pa
     _fails_with(["--weights", "none", flag, value], capsys, f"{flag} {value}")
 
 
-def test_sync_bn_needs_cuda_processes(tmp_path, capsys):
-    data = make_class_folders(tmp_path / "data", per_class=3)
-    _fails_with(train_args(data, tmp_path / "runs", "--sync-bn"), capsys, "--sync-bn", "torchrun")
+def test_sync_bn_needs_cuda_processes(tmp_path, capsys, monkeypatch, closed_port_url):
+    monkeypatch.chdir(tmp_path)  # refused before the missing flower photos would be downloaded
+    monkeypatch.setenv(utils.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    _fails_with(["--weights", "none", "--sync-bn"], capsys, "--sync-bn", "torchrun")
+
+
+def test_an_explicit_gpu_index_is_refused_under_torchrun():
+    with pytest.raises(utils.UsageError, match="LOCAL_RANK"):
+        train.resolve_device("cuda:1", local_rank=0, distributed=True)
 
 
 def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
