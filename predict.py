@@ -335,8 +335,7 @@ def write_figures(classifier: Classifier, result: Prediction, args: argparse.Nam
     view = None
     if args.cam:
         view, cam, _ = classifier.grad_cam(result.source)
-        cam_path = figure_path(args.save, result.source, position, "_cam") or figure_path(
-            os.path.join(args.cam_dir, ""), result.source, position, "_cam")
+        cam_path = figure_path(args.save or os.path.join(args.cam_dir, ""), result.source, position, "_cam")
         save_figure(view, result, target(cam_path), show=False, cam=cam)
     if args.save or args.show:
         if view is None:

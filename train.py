@@ -231,17 +231,13 @@ def resumed_args(args: argparse.Namespace, saved: dict[str, Any], given: set[str
                if key not in MACHINE_SETTINGS and key != "data_path" and getattr(args, key) != saved.get(key)]
     if ignored and int(os.environ.get("RANK", "0")) == 0:
         print(f"note: a resumed run keeps its own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
-    merged["requested_data_path"] = args.data_path
     return argparse.Namespace(**merged)
 
 
-def resumed_data_root(args: argparse.Namespace, saved_split: dict[str, Any]) -> str:
+def resumed_data_root(requested: str | None, saved_split: dict[str, Any], saved_path: str) -> str:
     """Where the resumed run's images are: --data-path if given, else where they were (absolute, so a
     resume from another working directory still finds them)."""
-    if args.requested_data_path is not None:
-        candidates = [args.requested_data_path]
-    else:
-        candidates = [saved_split.get("root", args.data_path), args.data_path]
+    candidates = [requested] if requested is not None else [saved_split.get("root", saved_path), saved_path]
     for candidate in candidates:
         if os.path.isdir(candidate):
             return os.path.abspath(candidate)
@@ -302,8 +298,11 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     if args.resume:
         resume_path = find_resume_checkpoint(args.resume)
         resumed = read_resume_checkpoint(resume_path)
-        args = resumed_args(args, resumed["args"], given)
         run_dir = resume_path.parent
+        saved_split = json.loads((run_dir / "split.json").read_text())
+        data_root = resumed_data_root(args.data_path, saved_split, resumed["args"]["data_path"])
+        args = resumed_args(args, resumed["args"], given)
+        args.data_path = data_root  # saved with the run, for the next resume
     elif args.data_path is None:
         args.data_path = DEFAULT_DATA_PATH
     check_args(args)
@@ -313,8 +312,6 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
 
     # data
     if resumed is not None:
-        saved_split = json.loads((run_dir / "split.json").read_text())
-        args.data_path = resumed_data_root(args, saved_split)  # saved with the run, for the next resume
         split = utils.DataSplit.from_json(saved_split, args.data_path)
     else:
         if args.data_path == DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
@@ -347,13 +344,13 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     raw_model = model  # what checkpoints hold: no DDP 'module.' prefix, no compile wrapper
-    eval_model = model  # evaluation skips DDP: processes may hold different numbers of validation batches
     if ddp.active:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None)
     if args.compile:
         model = torch.compile(model)
-        eval_model = model if not ddp.active else eval_model
+    # evaluation runs outside DDP: the processes may hold different numbers of validation batches
+    eval_model = raw_model if ddp.active else model
 
     parameters = [p for p in raw_model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=args.lr, momentum=0.9, weight_decay=1e-4)
@@ -420,8 +417,7 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": settings.scaler.state_dict() if settings.scaler else None,
                     "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
-                    "args": {k: v for k, v in vars(args).items() if k != "requested_data_path"},
-                    "confusion": validated.confusion}
+                    "args": vars(args).copy(), "confusion": validated.confusion}
                 if improved:
                     utils.save_checkpoint(checkpoint, run_dir / "best.pth")
                 utils.save_checkpoint(checkpoint, run_dir / "last.pth")

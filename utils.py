@@ -218,7 +218,7 @@ def ensure_flower_photos(data_path: str | os.PathLike, url: str | None = None) -
     try:
         download_file(url, archive, FLOWER_PHOTOS_SHA256)
     except Exception as error:
-        raise UsageError(f"{error} Then unpack it with 'tar -xzf {archive} -C {data_path.parent}', "
+        raise UsageError(f"{error}; then unpack it with 'tar -xzf {archive} -C {data_path.parent}', "
                          f"or point --data-path at your own class-per-folder images") from None
     extracted = data_path.parent / ".flower_photos_extracted"
     extract_tar_safely(archive, extracted)
