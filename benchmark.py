@@ -8,7 +8,7 @@ Both models get the same weights, input, thread count and batch; measurements al
 round by round and the median is reported, so drift on a shared machine hits both alike. The reference
 is torchvision's model run the plain way (eager, float32, NCHW); "ours" is what train.py and predict.py
 actually run by default, including the process-wide allocator setting they make at start-up
-(utils.keep_freed_memory_for_reuse): it is switched on for our rounds and off for the reference's, and an
+(runtime.keep_freed_memory_for_reuse): it is switched on for our rounds and off for the reference's, and an
 extra row shows torchvision with that setting alone, so its share of each speed-up is visible. Peak memory of a training step is measured in a fresh process per model on the
 CPU (growth of resident memory during one step) and with the CUDA allocator's peak on a GPU.
 """
@@ -34,9 +34,11 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 import model as M
+import recipe
 import utils
+from inference import Classifier
 from my_dataset import EvalTransform, TrainTransform, open_image
-from predict import Classifier
+from runtime import keep_freed_memory_for_reuse
 
 SHARED_PHOTOS = Path(__file__).resolve().parent.parent / "shared" / "data" / "flower_photos_mini"
 SECTIONS = ("inference", "training", "memory", "data", "agreement")
@@ -93,17 +95,17 @@ def alternate(functions: dict[str, tuple[Callable[[], None], bool]], rounds: int
     """Median seconds per call of each function, measured in alternating rounds after one warm-up call.
 
     Each entry is (function, allocator tuned?): this project's programs keep freed memory for reuse
-    (utils.keep_freed_memory_for_reuse), a plain torchvision user's process does not, so the setting is
+    (runtime.keep_freed_memory_for_reuse), a plain torchvision user's process does not, so the setting is
     switched to match each side before it runs.
     """
     for function, tuned in functions.values():
-        utils.keep_freed_memory_for_reuse(tuned)
+        keep_freed_memory_for_reuse(tuned)
         function()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, (function, tuned) in functions.items():
-            utils.keep_freed_memory_for_reuse(tuned)
+            keep_freed_memory_for_reuse(tuned)
             synchronize(device)
             start = time.perf_counter()
             function()
@@ -159,9 +161,7 @@ def training_setup(name: str, variant: str, device: torch.device, checkpointing:
                    frozen: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, utils.StepSettings]:
     """(model, optimizer, settings) of one contender: "reference" (torchvision, plain), "ours" (as train.py
     runs by default), or on a GPU torchvision / timm with our speed settings."""
-    import train
-
-    defaults = train.step_settings(train.build_parser().parse_args([]), device)
+    defaults = utils.StepSettings.for_device(device)  # what train.py runs with by default
     if name == "reference":
         model, settings = same_weights(variant, 5)[0], utils.StepSettings(device=device, channels_last=False)
     elif name == "ours":
@@ -176,7 +176,7 @@ def training_setup(name: str, variant: str, device: torch.device, checkpointing:
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     if frozen:
-        utils.freeze_all_but_head(model)
+        recipe.freeze_all_but_head(model)
     utils.train_mode(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=1e-4), settings
@@ -229,7 +229,7 @@ def _memory_child(variant: str, which: str, checkpointing: bool, batch: int, que
     """In a fresh process: how far resident memory rises above its level before one training step (MiB)."""
     torch.set_num_threads(int(os.environ.get("BENCHMARK_THREADS", torch.get_num_threads())))
     if which != "reference":
-        utils.keep_freed_memory_for_reuse()  # as train.py runs
+        keep_freed_memory_for_reuse()  # as train.py runs
     model, optimizer, settings = training_setup(which, variant, torch.device("cpu"), checkpointing)
     size = M.VARIANTS[variant].train_size
     x, y = settings.to_device(torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,)))
@@ -280,7 +280,7 @@ def memory_rows(variant: str, device: torch.device, batch: int = 16) -> list[Row
 
     reference = peak("reference")
     return [Row(f"training step peak memory, batch {batch}", reference, peak("ours"), "MiB", False),
-            Row(f"same, --grad-checkpointing", reference, peak("ours", True), "MiB", False)]
+            Row("same, --grad-checkpointing", reference, peak("ours", True), "MiB", False)]
 
 
 def data_rows(photos: list[str], rounds: int) -> list[Row]:
@@ -319,11 +319,10 @@ def data_rows(photos: list[str], rounds: int) -> list[Row]:
 def agreement_row(weights: str, photos: list[str], device: torch.device) -> tuple[str, float, int]:
     """Share of photos whose top-1 class is the same in bfloat16 as in float32."""
     float32 = Classifier.from_weights(weights, device=device, precision="float32")
-    bfloat16 = Classifier(float32.model, float32.class_names, device=device, precision="bfloat16")
-    bfloat16.transform = float32.transform
+    bfloat16 = Classifier(float32.backend.model, float32.class_names, device=device, precision="bfloat16")
     same = 0
     for start in range(0, len(photos), 32):
-        batch = torch.stack([float32.preprocess(p) for p in photos[start:start + 32]])
+        batch = np.stack([float32.preprocess(p) for p in photos[start:start + 32]])
         same += int((float32.probabilities(batch).argmax(1) == bfloat16.probabilities(batch).argmax(1)).sum())
     return weights, same / len(photos), len(photos)
 

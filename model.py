@@ -2,120 +2,25 @@
 
 The state_dict keys follow the tutorial's layout (``features.stem_conv``, ``features.1a.block.dwconv``,
 ``features.top``, ``classifier.1``) so its checkpoints load unchanged; the arithmetic is torchvision's, so
-with the same weights both give the same outputs. ``load_weights`` reads either layout, and this project's
-own checkpoints, and fetches torchvision's ImageNet weights on request.
+with the same weights both give the same outputs. This file holds the network and its factories; the
+numbers of B0 ... B7 live in variants.py and the reading of weight files in weights.py.
 """
 import contextlib
-import copy
 import functools
-import math
 import os
-import pickle
-import re
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import torch
-import torch.nn.utils.fusion
 import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from download import DownloadError, download_file
-
-MEAN = (0.485, 0.456, 0.406)  # ImageNet RGB mean and std, used by every variant's weights
-STD = (0.229, 0.224, 0.225)
-TUTORIAL_BN_EPS = 1e-3  # the tutorial built every variant with this eps, so its checkpoints expect it
-WEIGHTS_BASE_URL = "https://download.pytorch.org/models/"
-WEIGHTS_MIRROR_ENV = "EFFICIENTNET_WEIGHTS_MIRROR"  # set to a base URL (or file:// folder) to fetch elsewhere
-CHECKPOINT_FORMAT = "efficientnet-tutorial-checkpoint/1"  # marks this project's self-describing checkpoints
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Everything that differs between B0 ... B7; the only copy of these numbers in the project."""
-
-    width: float  # channel multiplier
-    depth: float  # block-repeat multiplier (repeats are rounded up)
-    dropout: float  # classifier dropout before the final Linear
-    drop_connect_rate: float  # stochastic-depth rate of the last block; block i of N gets rate * i / N
-    train_size: int  # RandomResizedCrop size for training (the paper's resolution)
-    eval_resize: int  # shorter side before the centre crop at evaluation
-    eval_crop: int  # evaluation crop, the size the ImageNet accuracy below was measured at
-    interpolation: str  # "bicubic" or "bilinear", for the evaluation resize
-    bn_eps: float  # BatchNorm eps/momentum of torchvision's ImageNet weights for this variant
-    bn_momentum: float
-    weights_file: str  # torchvision's ImageNet weights; the part after the last '-' starts its sha256
-    imagenet_top1: float  # ImageNet top-1 accuracy (%) of those weights at eval_resize / eval_crop
-    num_params: int  # parameter count with 1000 classes
-
-
-VARIANTS: Mapping[str, Variant] = MappingProxyType({
-    "b0": Variant(1.0, 1.0, 0.2, 0.2, 224, 256, 224, "bicubic", 1e-5, 0.1,
-                  "efficientnet_b0_rwightman-7f5810bc.pth", 77.692, 5_288_548),
-    "b1": Variant(1.0, 1.1, 0.2, 0.2, 240, 255, 240, "bilinear", 1e-5, 0.1,
-                  "efficientnet_b1-c27df63c.pth", 79.838, 7_794_184),
-    "b2": Variant(1.1, 1.2, 0.3, 0.2, 260, 288, 288, "bicubic", 1e-5, 0.1,
-                  "efficientnet_b2_rwightman-c35c1473.pth", 80.608, 9_109_994),
-    "b3": Variant(1.2, 1.4, 0.3, 0.2, 300, 320, 300, "bicubic", 1e-5, 0.1,
-                  "efficientnet_b3_rwightman-b3899882.pth", 82.008, 12_233_232),
-    "b4": Variant(1.4, 1.8, 0.4, 0.2, 380, 384, 380, "bicubic", 1e-5, 0.1,
-                  "efficientnet_b4_rwightman-23ab8bcd.pth", 83.384, 19_341_616),
-    "b5": Variant(1.6, 2.2, 0.4, 0.2, 456, 456, 456, "bicubic", 1e-3, 0.01,
-                  "efficientnet_b5_lukemelas-1a07897c.pth", 83.444, 30_389_784),
-    "b6": Variant(1.8, 2.6, 0.5, 0.2, 528, 528, 528, "bicubic", 1e-3, 0.01,
-                  "efficientnet_b6_lukemelas-24a108a5.pth", 84.008, 43_040_704),
-    "b7": Variant(2.0, 3.1, 0.5, 0.2, 600, 600, 600, "bicubic", 1e-3, 0.01,
-                  "efficientnet_b7_lukemelas-c5b4e57e.pth", 84.122, 66_347_960),
-})
-
-
-class Stage(NamedTuple):
-    """One row of the B0 baseline; other variants scale channels by width and repeats by depth."""
-
-    expand_ratio: int
-    kernel: int
-    stride: int
-    in_channels: int
-    out_channels: int
-    repeats: int
-
-
-BASELINE_STAGES = (
-    Stage(1, 3, 1, 32, 16, 1),
-    Stage(6, 3, 2, 16, 24, 2),
-    Stage(6, 5, 2, 24, 40, 2),
-    Stage(6, 3, 2, 40, 80, 3),
-    Stage(6, 5, 1, 80, 112, 3),
-    Stage(6, 5, 2, 112, 192, 4),
-    Stage(6, 3, 1, 192, 320, 1),
-)
-HEAD_CHANNELS = 1280  # width of the 1x1 conv before pooling, for B0
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be loaded; the message names the file or keys and what to do."""
-
-
-def variant_name(name: str) -> str:
-    """Normalise 'B3', 'b3' or 'efficientnet_b3' to 'b3'; a clear error for anything else."""
-    key = name.lower().removeprefix("efficientnet_").removeprefix("efficientnet-")
-    if key not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet variant {name!r}; choose one of {', '.join(VARIANTS)}")
-    return key
-
-
-def _make_divisible(ch: float, divisor: int = 8, min_ch: int | None = None) -> int:
-    """Round a channel count to the nearest multiple of `divisor`, never dropping more than 10%."""
-    if min_ch is None:
-        min_ch = divisor
-    new_ch = max(min_ch, int(ch + divisor / 2) // divisor * divisor)
-    if new_ch < 0.9 * ch:
-        new_ch += divisor
-    return new_ch
+# Re-exported so that `from model import VARIANTS, MEAN, load_weights, _make_divisible` keeps working.
+from variants import BASELINE_STAGES, MEAN, STD, VARIANTS, _make_divisible, head_channels, stage_repeats, \
+    variant_name  # noqa: F401
+from weights import WeightsError, checkpoint_header, is_checkpoint, load_weights, read_weights_file  # noqa: F401
 
 
 class _BatchNormSiLU(torch.autograd.Function):
@@ -216,12 +121,12 @@ class InvertedResidualConfig:
 
 def block_configs(width: float, depth: float, drop_connect_rate: float) -> list[InvertedResidualConfig]:
     """The blocks of a variant in order, with block i of N given drop rate drop_connect_rate * i / N."""
-    repeats = [int(math.ceil(stage.repeats * depth)) for stage in BASELINE_STAGES]
+    repeats = stage_repeats(depth)
     total = sum(repeats)
     configs: list[InvertedResidualConfig] = []
-    for stage_number, (stage, stage_repeats) in enumerate(zip(BASELINE_STAGES, repeats), start=1):
+    for stage_number, (stage, count) in enumerate(zip(BASELINE_STAGES, repeats), start=1):
         out_channels = _make_divisible(stage.out_channels * width)
-        for i in range(stage_repeats):
+        for i in range(count):
             in_channels = _make_divisible(stage.in_channels * width) if i == 0 else out_channels
             configs.append(InvertedResidualConfig(
                 name=f"{stage_number}{chr(ord('a') + i)}",
@@ -294,18 +199,18 @@ class EfficientNet(nn.Module):
         self.grad_checkpointing = False
         norm_layer = functools.partial(nn.BatchNorm2d, eps=bn_eps, momentum=bn_momentum)
         configs = block_configs(width_coefficient, depth_coefficient, drop_connect_rate)
-        head_channels = _make_divisible(HEAD_CHANNELS * width_coefficient)
+        head_width = head_channels(width_coefficient)
 
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         layers["stem_conv"] = ConvBNActivation(3, configs[0].in_channels, 3, stride=2, norm_layer=norm_layer)
         for cnf in configs:
             layers[cnf.name] = InvertedResidual(cnf, norm_layer)
-        layers["top"] = ConvBNActivation(configs[-1].out_channels, head_channels, 1, norm_layer=norm_layer)
+        layers["top"] = ConvBNActivation(configs[-1].out_channels, head_width, 1, norm_layer=norm_layer)
         self.features = nn.Sequential(layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout_rate, inplace=True),
-                                        nn.Linear(head_channels, num_classes))
-        self.num_features = head_channels
+                                        nn.Linear(head_width, num_classes))
+        self.num_features = head_width
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -421,240 +326,16 @@ efficientnet_b6 = _factory("b6")
 efficientnet_b7 = _factory("b7")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Weights
-
-
-def imagenet_weights_url(variant: str) -> str:
-    base = os.environ.get(WEIGHTS_MIRROR_ENV) or WEIGHTS_BASE_URL
-    return base.rstrip("/") + "/" + VARIANTS[variant_name(variant)].weights_file
-
-
-def download_imagenet_weights(variant: str, progress: bool = True) -> str:
-    """Path of torchvision's ImageNet weights for `variant` in the torch hub cache, downloading them if absent.
-
-    The file lands where torchvision itself caches it, so a copy torchvision already fetched is reused.
-    """
-    file_name = VARIANTS[variant_name(variant)].weights_file
-    destination = os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
-    sha256_prefix = re.search(r"-([0-9a-f]+)\.pth$", file_name).group(1)
-    try:
-        return str(download_file(imagenet_weights_url(variant), destination, sha256_prefix, progress))
-    except DownloadError as error:
-        raise WeightsError(f"ImageNet weights for efficientnet_{variant_name(variant)}: {error}") from None
-
-
-def bn_eps_of(model: nn.Module) -> float:
-    """The eps of the model's BatchNorm layers (all share one)."""
-    return next(m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-
-
-def checkpoint_fields(model: EfficientNet) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild `model` exactly: merge into a dict and torch.save it."""
-    return {"format": CHECKPOINT_FORMAT, "variant": model.variant, "num_classes": model.num_classes,
-            "bn_eps": bn_eps_of(model), "model": model.state_dict()}
-
-
 def model_from_checkpoint(checkpoint: str | os.PathLike | Mapping[str, Any]) -> EfficientNet:
     """Build the variant a checkpoint of this project describes and load its weights into it."""
     if isinstance(checkpoint, (str, os.PathLike)):
         origin, checkpoint = str(checkpoint), read_weights_file(checkpoint)
     else:
         origin = "the given checkpoint"
-    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not is_checkpoint(checkpoint):
         raise WeightsError(f"{origin} is not a checkpoint of this project (a bare state_dict?); build the model "
                            f"with create_model and call load_weights instead")
-    model = create_model(checkpoint["variant"], int(checkpoint["num_classes"]))
+    header = checkpoint_header(checkpoint, origin)
+    model = create_model(header.variant, header.num_classes)
     load_weights(model, checkpoint, verbose=False)
     return model
-
-
-def read_weights_file(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True, turning every failure into a one-line WeightsError."""
-    if not os.path.exists(path):
-        raise WeightsError(f"weights file {path} does not exist; check the path")
-    if os.path.isdir(path):
-        raise WeightsError(f"weights path {path} is a folder; give the .pth file inside it")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # weights_only refuses any global it does not know: name the one that would have been imported
-        blocked = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line.upper()), None)
-        if blocked is None:
-            raise WeightsError(f"{path} is not a readable PyTorch weights file (corrupt, truncated or another "
-                               f"format); re-download or re-save it") from None
-        raise WeightsError(f"{path} holds Python objects beyond tensors, which could run code when loaded; "
-                           f"refusing it ({blocked[:160]}). Re-save it as a plain state_dict") from None
-    except Exception as error:  # zip, EOF and unpickling errors all mean the same thing to a user
-        raise WeightsError(f"{path} is not a readable PyTorch weights file (corrupt, truncated or another "
-                           f"format: {type(error).__name__}); re-download or re-save it") from None
-
-
-def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop the 'module.' of DataParallel/DDP and the '_orig_mod.' of torch.compile from every key."""
-    state = dict(state)
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
-    return state
-
-
-def torchvision_key_map(model: EfficientNet) -> dict[str, str]:
-    """Map each of this model's state_dict keys to torchvision's name for the same tensor.
-
-    torchvision numbers what the tutorial names: stem 'features.0', stage s block b 'features.s.b',
-    the parts of a block by position ('block.0' = expand or depthwise, ...), the head 'features.<last>'.
-    """
-    names = list(model.features._modules)
-    head_index = len({name[:-1] for name in names if re.fullmatch(r"\d+[a-z]", name)}) + 1
-    mapping: dict[str, str] = {}
-    for name, module in model.features.named_children():
-        block_match = re.fullmatch(r"(\d+)([a-z])", name)
-        for key in module.state_dict():
-            if name == "stem_conv":
-                mapping[f"features.{name}.{key}"] = f"features.0.{key}"
-            elif name == "top":
-                mapping[f"features.{name}.{key}"] = f"features.{head_index}.{key}"
-            else:
-                stage, letter = block_match.groups()
-                part, rest = key.removeprefix("block.").split(".", 1)
-                position = list(module.block._modules).index(part)
-                mapping[f"features.{name}.{key}"] = (
-                    f"features.{stage}.{ord(letter) - ord('a')}.block.{position}.{rest}")
-    for key in model.classifier.state_dict():
-        mapping[f"classifier.{key}"] = f"classifier.{key}"
-    return mapping
-
-
-@functools.lru_cache(maxsize=None)
-def _variant_signature(variant: str) -> tuple[frozenset, dict[str, str]]:
-    """(tutorial-layout keys and shapes without the classifier, torchvision key map) of a variant."""
-    with torch.device("meta"):
-        reference = create_model(variant)
-    shapes = frozenset((k, tuple(v.shape)) for k, v in reference.state_dict().items()
-                       if not k.startswith("classifier."))
-    return shapes, torchvision_key_map(reference)
-
-
-def identify_variant(state: Mapping[str, Tensor]) -> str | None:
-    """Which of b0 ... b7 a tutorial- or torchvision-layout state_dict belongs to, or None."""
-    state = _strip_wrappers(state)
-    for variant in VARIANTS:
-        shapes, tv_map = _variant_signature(variant)
-        if "features.0.0.weight" in state:  # torchvision layout
-            inverse = {tv: ours for ours, tv in tv_map.items()}
-            state_shapes = {(inverse.get(k, k), tuple(v.shape)) for k, v in state.items()}
-        else:
-            state_shapes = {(k, tuple(v.shape)) for k, v in state.items()}
-        if shapes == {(k, shape) for k, shape in state_shapes if not k.startswith("classifier.")}:
-            return variant
-    return None
-
-
-def _describe(keys: list[str], limit: int = 4) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def load_weights(model: EfficientNet, source: str | os.PathLike | Mapping[str, Any], *,
-                 bn_eps: float | None = None, allow_new_classifier: bool = True, verbose: bool = True) -> str:
-    """Load weights into `model` and return a one-line summary (also printed to stderr when `verbose`).
-
-    `source` is "imagenet" (torchvision's ImageNet weights for the model's variant, downloaded to the torch
-    hub cache and checked against their sha256), a path to a .pth file, or an already loaded dict. The layout
-    is detected: this project's checkpoints (a dict with "format", "model", "bn_eps"), the tutorial's
-    state_dict (keys 'features.stem_conv...', optionally prefixed 'module.'), or torchvision's
-    ('features.0.0...'). BatchNorm eps is set to what the weights were trained with (the checkpoint's own,
-    1e-3 for the tutorial, torchvision's per variant) unless `bn_eps` is given.
-
-    If only the classifier's class count differs (and `allow_new_classifier`, for fine-tuning), everything else
-    is loaded and the classifier keeps its fresh initialisation. Any other missing, unexpected or mis-shaped key raises WeightsError naming them.
-    """
-    variant = model.variant
-    if isinstance(source, (str, os.PathLike)) and str(source).lower() == "imagenet":
-        if variant is None:
-            raise WeightsError("ImageNet weights need a model built by create_model / efficientnet_bX")
-        origin = f"torchvision ImageNet weights ({VARIANTS[variant].imagenet_top1}% top-1)"
-        loaded: Any = read_weights_file(download_imagenet_weights(variant))
-    elif isinstance(source, (str, os.PathLike)):
-        origin = str(source)
-        loaded = read_weights_file(source)
-    else:
-        origin, loaded = "the given state_dict", source
-    if not isinstance(loaded, Mapping):
-        raise WeightsError(f"{origin} holds a {type(loaded).__name__}, not a state_dict or checkpoint")
-
-    trained_eps: float
-    if loaded.get("format") == CHECKPOINT_FORMAT:
-        state, trained_eps, layout = loaded["model"], float(loaded["bn_eps"]), "checkpoint"
-        if variant is not None and loaded.get("variant") not in (None, variant):
-            raise WeightsError(f"{origin} holds efficientnet_{loaded['variant']} weights but the model is "
-                               f"efficientnet_{variant} (use variant {loaded['variant']} for them)")
-    else:
-        # other people's training scripts often wrap the state_dict in {"model": ...} or {"state_dict": ...}
-        state = next((loaded[k] for k in ("model", "state_dict") if isinstance(loaded.get(k), Mapping)), loaded)
-        layout = "torchvision" if "features.0.0.weight" in _strip_wrappers(state) else "tutorial"
-        trained_eps = VARIANTS[variant].bn_eps if layout == "torchvision" and variant else TUTORIAL_BN_EPS
-    state = _strip_wrappers(state)
-    bad_values = [k for k, v in state.items() if not isinstance(v, Tensor)]
-    if bad_values:
-        raise WeightsError(f"{origin} is not a state_dict: {_describe(bad_values)} are not tensors")
-    if layout == "torchvision":
-        inverse = {tv: ours for ours, tv in torchvision_key_map(model).items()}
-        state = {inverse.get(k, k): v for k, v in state.items()}
-
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    classifier_only = (allow_new_classifier and not missing and not unexpected and mismatched
-                       and set(mismatched) <= {"classifier.1.weight", "classifier.1.bias"}
-                       and state["classifier.1.weight"].shape[1:] == expected["classifier.1.weight"].shape[1:])
-    if (missing or unexpected or mismatched) and not classifier_only:
-        actual = identify_variant(state)
-        if actual is not None and actual == variant and mismatched and set(mismatched) <= {
-                "classifier.1.weight", "classifier.1.bias"}:
-            raise WeightsError(f"{origin} has {state['classifier.1.weight'].shape[0]} classes but the model "
-                               f"{model.num_classes}; the class names must match the weights")
-        if actual is not None and actual != variant:
-            raise WeightsError(f"{origin} holds efficientnet_{actual} weights but the model is "
-                               f"efficientnet_{variant} (use variant {actual} for them)")
-        problems = []
-        if missing:
-            problems.append(f"missing {_describe(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {_describe(unexpected)}")
-        if mismatched:
-            problems.append("wrong shape " + _describe(
-                [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]))
-        raise WeightsError(f"{origin} does not fit efficientnet_{variant or 'custom'}: {'; '.join(problems)}")
-
-    if classifier_only:
-        weights_classes = state["classifier.1.weight"].shape[0]
-        for key in mismatched:
-            state[key] = expected[key]
-    model.load_state_dict(state, strict=True)
-    eps = trained_eps if bn_eps is None else bn_eps
-    model.set_bn_eps(eps)
-    summary = f"loaded {origin} ({layout} layout, BatchNorm eps {eps:g})"
-    if classifier_only:
-        summary += (f"; classifier left freshly initialised: the weights have "
-                    f"{weights_classes} classes, the model {model.num_classes}")
-    if verbose:
-        print(summary, file=sys.stderr)
-    return summary
-
-
-
-def fuse_batchnorm(model: EfficientNet) -> EfficientNet:
-    """An inference-only copy of `model` with every BatchNorm folded into the convolution before it.
-
-    Each conv gets weight * gamma / sqrt(var + eps) and a bias, saving a full pass over every feature map;
-    outputs equal the unfolded model's in eval mode up to float rounding.
-    """
-    fused = copy.deepcopy(model).eval()
-    for module in fused.modules():
-        if isinstance(module, ConvBNActivation) and isinstance(module[1], nn.BatchNorm2d):
-            module[0] = torch.nn.utils.fusion.fuse_conv_bn_eval(module[0], module[1])
-            module[1] = nn.Identity()
-    return fused

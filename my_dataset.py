@@ -1,82 +1,27 @@
-"""Images of a class-per-folder tree as tensors: robust decoding and the train / eval transforms.
+"""The dataset over a class-per-folder tree: training and evaluation transforms, and the epoch sampler.
 
-Every image becomes RGB the same way (EXIF orientation applied, alpha composited onto white, 16-bit scaled,
-palette / CMYK / grayscale converted). Large JPEGs are decoded at a reduced scale (1/2, 1/4 or 1/8, done
-inside the JPEG decoder and much faster) whenever the output still gets at least as many source pixels as it
-has; small photos take exactly torchvision's path, so their tensors equal the tutorial transforms'.
+Decoding (any image mode to upright RGB, reduced-size JPEG decoding, refusing decompression bombs) lives in
+images.py; this file turns decoded photos into tensors for training and validation.
 """
 import contextlib
+import math
 import sys
-import warnings
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
-from PIL import ExifTags, Image, ImageOps
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
 
-from model import MEAN, STD
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
-_TORCHVISION_INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
-_ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-
-
-def is_image_name(name: str) -> bool:
-    """An image extension in any letter case, and not a hidden file (such as macOS's ._photo.jpg)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def open_image(path: str) -> Image.Image:
-    """Open an image lazily (header only), refusing decompression bombs instead of only warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(path)
-        except Image.DecompressionBombWarning as warning:
-            raise Image.DecompressionBombError(str(warning)) from None
-
-
-def oriented_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) the image will have once its EXIF orientation is applied, without decoding it."""
-    width, height = image.size
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    return (height, width) if orientation in _ROTATED_ORIENTATIONS else (width, height)
-
-
-def reduce_jpeg_decode(image: Image.Image, max_reduction: float) -> None:
-    """Ask the JPEG decoder for 1/8, 1/4 or 1/2 scale, the largest not exceeding `max_reduction`.
-
-    A no-op for other formats and for images already decoded.
-    """
-    if image.format != "JPEG":
-        return
-    reduction = next((r for r in (8, 4, 2) if r <= max_reduction), 1)
-    if reduction > 1:
-        width, height = image.size
-        image.draft(None, (width // reduction, height // reduction))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Decode `image` and return it as 8-bit RGB, upright."""
-    image.load()
-    ImageOps.exif_transpose(image, in_place=True)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale: scale, don't clip
-        values = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+# Re-exported: the decoding helpers were importable from here before images.py existed.
+from images import IMAGE_EXTENSIONS, Preprocessing, is_image_name, normalize, open_image, oriented_size, \
+    reduce_jpeg_decode, to_rgb  # noqa: F401
 
 
 def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) float tensor normalised with the ImageNet mean and std, as ToTensor + Normalize do."""
-    return F.normalize(F.to_tensor(image), MEAN, STD)
+    return torch.from_numpy(normalize(image))
 
 
 class TrainTransform:
@@ -112,27 +57,16 @@ class TrainTransform:
         return to_normalized_tensor(image)
 
 
-class EvalTransform:
-    """Resize(resize, interpolation) -> CenterCrop(crop) -> ToTensor -> Normalize, on a lazily opened image."""
+class EvalTransform(Preprocessing):
+    """Resize(resize, interpolation) -> CenterCrop(crop) -> ToTensor -> Normalize, on a lazily opened image.
+
+    `view(image)` is the RGB crop the network sees; calling it gives the normalised (3, crop, crop) tensor.
+    """
 
     decodes_lazily = True
 
-    def __init__(self, resize: int, crop: int, interpolation: str = "bicubic", reduced_decode: bool = True) -> None:
-        self.resize = resize
-        self.crop = crop
-        self.interpolation = _TORCHVISION_INTERPOLATIONS[interpolation]
-        self.reduced_decode = reduced_decode
-
-    def view(self, image: Image.Image) -> Image.Image:
-        """The RGB crop the network sees, before normalisation."""
-        if self.reduced_decode:
-            reduce_jpeg_decode(image, min(oriented_size(image)) / self.resize)
-        image = to_rgb(image)
-        image = F.resize(image, self.resize, self.interpolation)
-        return F.center_crop(image, [self.crop, self.crop])
-
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return to_normalized_tensor(self.view(image))
+        return torch.from_numpy(self.array(image))
 
 
 def load_rgb_tensor(image: Image.Image, transform: Callable | None) -> object:
@@ -196,3 +130,45 @@ class MyDataSet(Dataset):
             return None
         images, labels = zip(*samples)
         return torch.stack(images, dim=0), torch.as_tensor(labels)
+
+
+class EpochSampler(Sampler):
+    """Yields (index, seed) pairs: a per-epoch order and a per-sample augmentation seed.
+
+    Both depend only on (seed, epoch, index), so a resumed run sees exactly the batches and crops an
+    uninterrupted run would, whatever the number of data-loading workers. With `num_replicas` > 1 each
+    process takes every num_replicas-th sample. Training (`pad=True`) pads by repeating the first samples
+    so every process runs the same number of steps; evaluation (`pad=False`) sees every sample exactly once
+    across all processes.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, num_replicas: int = 1,
+                 pad: bool = True) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.num_replicas = num_replicas
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        if self.pad and order and len(order) % self.num_replicas:
+            total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
+            order = (order * math.ceil(total / len(order)))[:total]  # fewer samples than processes repeat more
+        return order[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        return iter([(index, (base + index) % 2**62) for index in self._indices()])
+
+    def __len__(self) -> int:
+        return len(self._indices())

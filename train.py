@@ -9,38 +9,32 @@ Each run writes one folder (runs/<time>-<variant>/) with last.pth, best.pth, met
 confusion_matrix.png, class_distribution.png, class_indices.json, split.json and TensorBoard events.
 """
 import argparse
-import datetime
-import json
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+import metrics
+import recipe
 import utils
+from cli import UsageError, parse_bool, report
+from distributed import Distributed, barrier, broadcast_buffers, init_distributed, shutdown
 from download import DownloadError
-from model import MEAN, STD, VARIANTS, WeightsError, checkpoint_fields, create_model, load_weights, \
-    read_weights_file
-from my_dataset import EvalTransform, MyDataSet, TrainTransform
+from flower_photos import ensure_flower_photos
+from model import create_model
+from my_dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform
+from runs import RunFolder, find_resume_checkpoint, read_resume_checkpoint, read_saved_split, resumed_args, \
+    resumed_data_root
+from runtime import default_workers, keep_freed_memory_for_reuse
+from utils import DataSplit
+from variants import VARIANTS, image_settings
+from weights import WeightsError, checkpoint_fields, load_weights
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
-# settings that may differ when a run is resumed: where and how fast it runs, not what it computes
-MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
-                    "sync_bn")
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,91 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    """The requested device, checked to exist; by default this process's CUDA device, else the CPU."""
-    if name is None:
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        if local_rank >= torch.cuda.device_count():
-            raise utils.UsageError(f"LOCAL_RANK {local_rank}, but only {torch.cuda.device_count()} CUDA device(s) "
-                                   f"exist; start at most that many processes per machine")
-        return torch.device("cuda", local_rank)
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise utils.UsageError(f"--device {name!r} is not a device name; use e.g. cpu, cuda or cuda:1") from None
-    if distributed and device.index is not None:
-        raise utils.UsageError(f"--device {name}: under torchrun each process takes the GPU of its LOCAL_RANK; "
-                               f"pass --device {device.type} (choose GPUs with CUDA_VISIBLE_DEVICES)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise utils.UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
-        index = local_rank if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise utils.UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
-        return torch.device("cuda", index)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise utils.UsageError(f"--device {name}: MPS is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise utils.UsageError(f"--device {name}: only cpu, cuda and mps are supported")
-    return device
-
-
-@dataclass
-class Distributed:
-    """This process's place under torchrun (rank 0 of 1 without it)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    active: bool = False  # a process group exists (under torchrun, even with one process)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device]:
-    if "LOCAL_RANK" not in os.environ:  # plain `python train.py`
-        return Distributed(), resolve_device(device_name)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank, distributed=True)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
-                            device_id=device if device.type == "cuda" else None)
-    return Distributed(dist.get_rank(), world_size, local_rank, active=True), device
-
-
-def image_settings(variant: str, image_size: int | None) -> dict[str, Any]:
-    """Train/eval sizes and normalisation: the variant's from model.py, or scaled to --image-size."""
-    spec = VARIANTS[variant]
-    settings = {"train_size": spec.train_size, "eval_resize": spec.eval_resize, "eval_crop": spec.eval_crop,
-                "interpolation": spec.interpolation, "mean": list(MEAN), "std": list(STD)}
-    if image_size is not None:
-        settings.update(train_size=image_size, eval_crop=image_size,
-                        eval_resize=round(image_size * spec.eval_resize / spec.eval_crop))
-    return settings
-
-
-def default_workers(batch_size: int) -> int:
-    return min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, 8)
-
-
-def new_run_dir(output_dir: str, name: str | None, variant: str) -> Path:
-    base = name or f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{variant}"
-    run_dir = Path(output_dir) / base
-    suffix = 1
-    while run_dir.exists():
-        if name:
-            raise utils.UsageError(f"run folder {run_dir} already exists; choose another --name or --resume it")
-        suffix += 1
-        run_dir = Path(output_dir) / f"{base}-{suffix}"
-    return run_dir
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Reject impossible settings before anything is downloaded or written."""
     problems = [
@@ -189,29 +98,7 @@ def check_args(args: argparse.Namespace) -> None:
     ]
     for failed, message in problems:
         if failed:
-            raise utils.UsageError(message)
-
-
-def find_resume_checkpoint(resume: str) -> Path:
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pth"
-    if not path.is_file():
-        raise utils.UsageError(f"--resume {resume}: no {path}; give a run folder or its last.pth (a run stopped "
-                               f"during its first epoch has none: start it again)")
-    return path
-
-
-def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    checkpoint = read_weights_file(path)
-    needed = ("args", "optimizer", "scheduler", "epoch", "history")
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
-        raise utils.UsageError(f"--resume {path}: not a training checkpoint of this project (no optimizer or "
-                               f"schedule state); to start from its weights use --weights {path}")
-    if not (path.parent / "split.json").is_file():
-        raise utils.UsageError(f"--resume {path}: {path.parent / 'split.json'} is missing, so the run's "
-                               f"train/validation split is unknown; start a new run with --weights {path}")
-    return checkpoint
+            raise UsageError(message)
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -222,46 +109,14 @@ def given_flags(argv: list[str] | None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def resumed_args(args: argparse.Namespace, saved: dict[str, Any], given: set[str]) -> argparse.Namespace:
-    """The run's saved settings, with this invocation's machine settings; warns about flags left unused."""
-    merged = dict(saved)
-    for key in MACHINE_SETTINGS:
-        merged[key] = getattr(args, key)
-    ignored = [f"--{key.replace('_', '-')}" for key in sorted(given)
-               if key not in MACHINE_SETTINGS and key != "data_path" and getattr(args, key) != saved.get(key)]
-    if ignored and int(os.environ.get("RANK", "0")) == 0:
-        print(f"note: a resumed run keeps its own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
-    return argparse.Namespace(**merged)
-
-
-def resumed_data_root(requested: str | None, saved_split: dict[str, Any], saved_path: str) -> str:
-    """Where the resumed run's images are: --data-path if given, else where they were (absolute, so a
-    resume from another working directory still finds them)."""
-    candidates = [requested] if requested is not None else [saved_split.get("root", saved_path), saved_path]
-    for candidate in candidates:
-        if os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    raise utils.UsageError(f"--resume: the run's images are no longer in {candidates[0]}; pass --data-path "
-                           f"with their new location")
-
-
-def initial_weights(model: nn.Module, weights: str, is_main: bool) -> None:
-    if weights.lower() == "none":
-        return
-    try:
-        load_weights(model, weights, verbose=is_main)
-    except WeightsError as error:
-        raise utils.UsageError(f"{error} (or pass --weights none to train from scratch)") from None
-
-
-def make_loaders(split: utils.DataSplit, images: dict[str, Any], args: argparse.Namespace, device: torch.device,
-                 ddp: Distributed) -> tuple[DataLoader, DataLoader, utils.EpochSampler]:
+def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namespace, device: torch.device,
+                 ddp: Distributed) -> tuple[DataLoader, DataLoader, EpochSampler]:
     train_set = MyDataSet(split.train_paths, split.train_labels, TrainTransform(images["train_size"]))
     val_set = MyDataSet(split.val_paths, split.val_labels,
                         EvalTransform(images["eval_resize"], images["eval_crop"], images["interpolation"]))
-    train_sampler = utils.EpochSampler(len(train_set), shuffle=True, seed=args.seed, rank=ddp.rank,
+    train_sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, rank=ddp.rank,
                                        num_replicas=ddp.world_size, pad=True)
-    val_sampler = utils.EpochSampler(len(val_set), shuffle=False, seed=args.seed, rank=ddp.rank,
+    val_sampler = EpochSampler(len(val_set), shuffle=False, seed=args.seed, rank=ddp.rank,
                                      num_replicas=ddp.world_size, pad=False)
     workers = default_workers(args.batch_size) if args.workers is None else args.workers
     common = dict(batch_size=args.batch_size, num_workers=workers, collate_fn=MyDataSet.collate_fn,
@@ -272,19 +127,233 @@ def make_loaders(split: utils.DataSplit, images: dict[str, Any], args: argparse.
             DataLoader(val_set, sampler=val_sampler, generator=torch.Generator(), **common), train_sampler)
 
 
-def step_settings(args: argparse.Namespace, device: torch.device) -> utils.StepSettings:
-    settings = utils.StepSettings(device=device, channels_last=args.channels_last,
-                                  non_blocking=device.type == "cuda")
-    if device.type == "cuda" and args.amp:
-        torch.backends.cudnn.benchmark = True
-        if torch.cuda.is_bf16_supported():
-            settings.autocast_dtype = torch.bfloat16
-        else:
-            settings.autocast_dtype = torch.float16
-            settings.scaler = torch.amp.GradScaler("cuda")
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return settings
+# ---------------------------------------------------------------------------------------------------------------
+# The run, step by step
+
+
+@dataclass
+class Resumed:
+    """A stopped run being continued: its last checkpoint and the split it was trained on."""
+
+    checkpoint: dict[str, Any]
+    folder: RunFolder
+    saved_split: dict[str, Any]
+
+
+@dataclass
+class Progress:
+    """Where a run stands after each epoch; saved in every checkpoint so a resumed run carries on."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    best_confusion: Any = None
+    next_epoch: int = 0  # epochs completed, so the index of the next one
+
+
+@dataclass
+class Run:
+    """Everything a training run works with, built by `train` before the first epoch."""
+
+    args: argparse.Namespace
+    ddp: Distributed
+    split: DataSplit
+    images: dict[str, Any]
+    model: nn.Module  # what trains: possibly wrapped in DistributedDataParallel and torch.compile
+    raw_model: nn.Module  # what checkpoints hold: no DDP 'module.' prefix, no compile wrapper
+    eval_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    settings: utils.StepSettings
+    folder: RunFolder
+    progress: Progress
+
+
+def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
+    """Run (or, with args.resume, continue) a training run; `given` names the flags the user wrote."""
+    args, resumed = settle_arguments(args, given)
+    check_args(args)
+    ddp, device = init_distributed(args.device)
+    if args.sync_bn and (device.type != "cuda" or not ddp.active):
+        raise UsageError("--sync-bn needs CUDA processes under torchrun; leave it out here")
+    split = load_split(args, resumed, ddp)
+    raw_model = build_model(args, len(split.classes), resumed, ddp)
+    model, eval_model = place_model(raw_model, args, device, ddp)
+    optimizer = recipe.build_optimizer(raw_model, args)
+    scheduler = recipe.build_scheduler(optimizer, args)
+    settings = utils.StepSettings.for_device(device, args.channels_last, args.amp)
+    if resumed is not None:
+        folder, progress = resumed.folder, restore_progress(resumed, optimizer, scheduler, settings, ddp)
+    else:
+        folder, progress = RunFolder.create(args.output_dir, args.name, args.model, ddp), Progress()
+        folder.write_start(split)
+    run = Run(args, ddp, split, image_settings(args.model, args.image_size), model, raw_model, eval_model,
+              optimizer, scheduler, settings, folder, progress)
+    log(ddp, f"{len(split.train_paths)} training and {len(split.val_paths)} validation images in "
+             f"{len(split.classes)} classes; efficientnet_{args.model} at {run.images['train_size']} px on "
+             f"{device}{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {folder.path}")
+    try:
+        status = run_epochs(run)
+    finally:
+        folder.close()
+    if status == 0:
+        finish(run)
+    return status
+
+
+def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argparse.Namespace, Resumed | None]:
+    """The settings to train with: for --resume the run's own (and where its images are now)."""
+    if not args.resume:
+        if args.data_path is None:
+            args.data_path = DEFAULT_DATA_PATH
+        return args, None
+    resume_path = find_resume_checkpoint(args.resume)
+    checkpoint = read_resume_checkpoint(resume_path)
+    saved_split = read_saved_split(resume_path.parent)
+    data_root = resumed_data_root(args.data_path, saved_split, checkpoint["args"]["data_path"])
+    args = resumed_args(args, checkpoint["args"], given)
+    args.data_path = data_root  # saved with the run, for the next resume
+    folder = RunFolder(resume_path.parent, writes=int(os.environ.get("RANK", "0")) == 0)
+    return args, Resumed(checkpoint, folder, saved_split)
+
+
+def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distributed) -> DataSplit:
+    """The resumed run's split, or a new one of --data-path (the flower photos are downloaded if missing)."""
+    if resumed is not None:
+        split = DataSplit.from_json(resumed.saved_split, args.data_path)
+    else:
+        if args.data_path == DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
+            if ddp.is_main:
+                ensure_flower_photos(args.data_path)
+            barrier()
+        split = utils.read_split_data(args.data_path, args.val_rate, args.seed, report=ddp.is_main)
+    classes = split.classes
+    if args.num_classes is not None and args.num_classes != len(classes):
+        raise UsageError(f"--num_classes {args.num_classes}, but {args.data_path} has {len(classes)} "
+                         f"class folders ({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}); "
+                         f"pass --num_classes {len(classes)} or fix the folders")
+    if not split.val_paths:
+        raise UsageError(f"{args.data_path}: no class has two images, so nothing is left for validation")
+    return split
+
+
+def build_model(args: argparse.Namespace, num_classes: int, resumed: Resumed | None, ddp: Distributed) -> nn.Module:
+    """The network with its starting weights and the layers that train."""
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, num_classes=num_classes)
+    if resumed is not None:
+        load_weights(model, resumed.checkpoint, verbose=False)
+    elif args.weights.lower() != "none":
+        try:
+            load_weights(model, args.weights, verbose=ddp.is_main)
+        except WeightsError as error:
+            raise UsageError(f"{error} (or pass --weights none to train from scratch)") from None
+    if args.freeze_layers:
+        recipe.freeze_all_but_head(model)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if args.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def place_model(model: nn.Module, args: argparse.Namespace, device: torch.device,
+                ddp: Distributed) -> tuple[nn.Module, nn.Module]:
+    """(the model to train: on the device, wrapped for DDP and compiled as asked; the model to evaluate)."""
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    raw_model = model
+    if ddp.active:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                    else None)
+    if args.compile:
+        model = torch.compile(model)
+    # evaluation runs outside DDP: the processes may hold different numbers of validation batches
+    return model, raw_model if ddp.active else model
+
+
+def restore_progress(resumed: Resumed, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, settings: utils.StepSettings,
+                     ddp: Distributed) -> Progress:
+    """Optimizer, schedule and gradient-scaler state, and the history, as the stopped run left them."""
+    checkpoint = resumed.checkpoint
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if settings.scaler is not None and checkpoint.get("scaler"):
+        settings.scaler.load_state_dict(checkpoint["scaler"])
+    progress = Progress(list(checkpoint["history"]), checkpoint["best_acc"], checkpoint["best_epoch"],
+                        resumed.folder.best_confusion(), checkpoint["epoch"])
+    log(ddp, f"resuming {resumed.folder.path} after epoch {progress.next_epoch} of {checkpoint['args']['epochs']}")
+    return progress
+
+
+def run_epochs(run: Run) -> int:
+    """Train and validate epoch by epoch; 0 when all are done, 130 on Ctrl-C, 1 if the loss diverged."""
+    args, ddp = run.args, run.ddp
+    train_loader, val_loader, train_sampler = make_loaders(run.split, run.images, args, run.settings.device, ddp)
+    epoch = run.progress.next_epoch
+    try:
+        for epoch in range(run.progress.next_epoch, args.epochs):
+            train_sampler.set_epoch(epoch)
+            torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout and stochastic depth, resumable
+            lr = run.optimizer.param_groups[0]["lr"]
+            show = args.progress and ddp.is_main
+            trained = utils.train_one_epoch(run.model, run.optimizer, train_loader, run.settings, epoch + 1, show)
+            broadcast_buffers(run.raw_model)  # every process evaluates what rank 0 saves
+            validated = utils.evaluate(run.eval_model, val_loader, run.settings, len(run.split.classes),
+                                       progress=show)
+            run.scheduler.step()
+            end_of_epoch(run, epoch + 1, lr, trained, validated)
+    except KeyboardInterrupt:
+        resumable = (run.folder.path / "last.pth").is_file()
+        log(ddp, f"\ninterrupted in epoch {epoch + 1}; {run.folder.saved_so_far()}"
+                 f"{f'. Continue with: python train.py --resume {run.folder.path}' if resumable else ''}")
+        return 130
+    except utils.NonFiniteLossError as error:
+        log(ddp, f"error: {error}; stopped. {run.folder.saved_so_far()}. Lower --lr or check the data")
+        return 1
+    return 0
+
+
+def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, validated: utils.EpochResult) -> None:
+    """Record the epoch, keep the best model, write the run folder's files and print one line."""
+    progress = run.progress
+    progress.history.append({"epoch": epoch, "train_loss": trained.loss, "train_acc": trained.accuracy,
+                             "val_loss": validated.loss, "val_acc": validated.accuracy, "lr": lr,
+                             "train_images_per_s": trained.images_per_second})
+    improved = validated.accuracy > progress.best_acc
+    if improved:
+        progress.best_acc, progress.best_epoch, progress.best_confusion = validated.accuracy, epoch, validated.confusion
+    progress.next_epoch = epoch
+    if run.folder.writes:
+        run.folder.write_epoch(checkpoint(run, validated.confusion), improved, progress.history)
+    skipped = len(run.split.train_paths) - trained.images
+    log(run.ddp, f"epoch {epoch}/{run.args.epochs}: train loss {trained.loss:.4f} acc {trained.accuracy:.3f} | "
+                 f"val loss {validated.loss:.4f} acc {validated.accuracy:.3f} | lr {lr:.5f} | "
+                 f"{trained.images_per_second:.1f} img/s{' | new best' if improved else ''}"
+                 f"{f' | {skipped} unreadable images left out' if skipped > 0 and run.ddp.world_size == 1 else ''}")
+
+
+def checkpoint(run: Run, confusion: Any) -> dict[str, Any]:
+    """Everything needed to rebuild the model and to resume the run exactly."""
+    progress = run.progress
+    return {**checkpoint_fields(run.raw_model), "class_names": run.split.classes, "image": run.images,
+            "epoch": progress.next_epoch, "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.settings.scaler.state_dict() if run.settings.scaler else None,
+            "best_acc": progress.best_acc, "best_epoch": progress.best_epoch, "history": progress.history,
+            "args": vars(run.args).copy(), "confusion": confusion}
+
+
+def finish(run: Run) -> None:
+    """The confusion matrix of the best epoch, and the per-class table."""
+    progress, classes = run.progress, run.split.classes
+    if not run.ddp.is_main or progress.best_confusion is None:
+        return
+    run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
+    best = run.folder.path / "best.pth"
+    print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
+          f"{metrics.class_table(classes, progress.best_confusion)}\n"
+          f"saved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
 
 
 def log(ddp: Distributed, message: str) -> None:
@@ -292,200 +361,18 @@ def log(ddp: Distributed, message: str) -> None:
         print(message, flush=True)
 
 
-def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
-    """Run (or, with args.resume, continue) a training run; `given` names the flags the user wrote."""
-    resumed: dict[str, Any] | None = None
-    if args.resume:
-        resume_path = find_resume_checkpoint(args.resume)
-        resumed = read_resume_checkpoint(resume_path)
-        run_dir = resume_path.parent
-        saved_split = json.loads((run_dir / "split.json").read_text())
-        data_root = resumed_data_root(args.data_path, saved_split, resumed["args"]["data_path"])
-        args = resumed_args(args, resumed["args"], given)
-        args.data_path = data_root  # saved with the run, for the next resume
-    elif args.data_path is None:
-        args.data_path = DEFAULT_DATA_PATH
-    check_args(args)
-    ddp, device = init_distributed(args.device)
-    if args.sync_bn and (device.type != "cuda" or not ddp.active):
-        raise utils.UsageError("--sync-bn needs CUDA processes under torchrun; leave it out here")
-
-    # data
-    if resumed is not None:
-        split = utils.DataSplit.from_json(saved_split, args.data_path)
-    else:
-        if args.data_path == DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
-            if ddp.is_main:
-                utils.ensure_flower_photos(args.data_path)
-            if ddp.active:
-                dist.barrier()
-        split = utils.read_split_data(args.data_path, args.val_rate, args.seed, report=ddp.is_main)
-    classes = split.classes
-    if args.num_classes is not None and args.num_classes != len(classes):
-        raise utils.UsageError(f"--num_classes {args.num_classes}, but {args.data_path} has {len(classes)} "
-                               f"class folders ({', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}); "
-                               f"pass --num_classes {len(classes)} or fix the folders")
-    if not split.val_paths:
-        raise utils.UsageError(f"{args.data_path}: no class has two images, so nothing is left for validation")
-    images = image_settings(args.model, args.image_size)
-
-    # model
-    torch.manual_seed(args.seed)
-    model = create_model(args.model, num_classes=len(classes))
-    if resumed is not None:
-        load_weights(model, resumed, verbose=False)
-    else:
-        initial_weights(model, args.weights, ddp.is_main)
-    if args.freeze_layers:
-        utils.freeze_all_but_head(model)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if args.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
-    raw_model = model  # what checkpoints hold: no DDP 'module.' prefix, no compile wrapper
-    if ddp.active:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                    else None)
-    if args.compile:
-        model = torch.compile(model)
-    # evaluation runs outside DDP: the processes may hold different numbers of validation batches
-    eval_model = raw_model if ddp.active else model
-
-    parameters = [p for p in raw_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=utils.CosineFactor(args.epochs, args.lrf))
-    settings = step_settings(args, device)
-    history: list[dict[str, float]] = []
-    best_acc, best_epoch, start_epoch = -1.0, -1, 0
-    best_confusion = None
-    if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        if settings.scaler is not None and resumed.get("scaler"):
-            settings.scaler.load_state_dict(resumed["scaler"])
-        history = list(resumed["history"])
-        best_acc, best_epoch = resumed["best_acc"], resumed["best_epoch"]
-        start_epoch = resumed["epoch"]  # epochs completed, so the index of the next one
-        log(ddp, f"resuming {run_dir} after epoch {start_epoch} of {args.epochs}")
-        best_path = run_dir / "best.pth"
-        if best_path.is_file():
-            best_confusion = read_weights_file(best_path).get("confusion")
-    else:
-        run_dir = new_run_dir(args.output_dir, args.name, args.model) if ddp.is_main else None
-        if ddp.active:  # every process needs rank 0's choice (the clock differs between them)
-            shared = [run_dir]
-            dist.broadcast_object_list(shared, src=0)
-            run_dir = shared[0]
-        if ddp.is_main:
-            try:
-                run_dir.mkdir(parents=True)
-            except OSError as error:
-                raise utils.UsageError(f"cannot create the run folder {run_dir} ({error.strerror}); choose "
-                                       f"another --output-dir") from None
-            utils.write_json(run_dir / "class_indices.json", {str(i): name for i, name in enumerate(classes)})
-            utils.write_json(run_dir / "split.json", split.to_json())
-            utils.plot_class_distribution(classes, split.counts(split.train_labels), split.counts(split.val_labels),
-                                          run_dir / "class_distribution.png")
-
-    log(ddp, f"{len(split.train_paths)} training and {len(split.val_paths)} validation images in "
-             f"{len(classes)} classes; efficientnet_{args.model} at {images['train_size']} px on {device}"
-             f"{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {run_dir}")
-    train_loader, val_loader, train_sampler = make_loaders(split, images, args, device, ddp)
-    writer = tensorboard_writer(run_dir) if ddp.is_main else None
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            train_sampler.set_epoch(epoch)
-            torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout and stochastic depth, resumable
-            lr = optimizer.param_groups[0]["lr"]
-            trained = utils.train_one_epoch(model, optimizer, train_loader, settings, epoch + 1,
-                                            progress=args.progress and ddp.is_main)
-            utils.broadcast_buffers(raw_model)  # every process evaluates what rank 0 saves
-            validated = utils.evaluate(eval_model, val_loader, settings, len(classes), progress=args.progress
-                                       and ddp.is_main)
-            scheduler.step()
-            history.append({"epoch": epoch + 1, "train_loss": trained.loss, "train_acc": trained.accuracy,
-                            "val_loss": validated.loss, "val_acc": validated.accuracy, "lr": lr,
-                            "train_images_per_s": trained.images_per_second})
-            improved = validated.accuracy > best_acc
-            if improved:
-                best_acc, best_epoch, best_confusion = validated.accuracy, epoch + 1, validated.confusion
-            if ddp.is_main:
-                checkpoint = {
-                    **checkpoint_fields(raw_model), "class_names": classes, "image": images, "epoch": epoch + 1,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": settings.scaler.state_dict() if settings.scaler else None,
-                    "best_acc": best_acc, "best_epoch": best_epoch, "history": history,
-                    "args": vars(args).copy(), "confusion": validated.confusion}
-                if improved:
-                    utils.save_checkpoint(checkpoint, run_dir / "best.pth")
-                utils.save_checkpoint(checkpoint, run_dir / "last.pth")
-                utils.write_metrics_csv(run_dir / "metrics.csv", history)
-                utils.plot_curves(history, run_dir / "curves.png")
-                if writer is not None:
-                    for key, value in history[-1].items():
-                        if key != "epoch":
-                            writer.add_scalar(key, value, epoch + 1)
-                    writer.flush()
-            skipped = len(split.train_paths) - trained.images
-            log(ddp, f"epoch {epoch + 1}/{args.epochs}: train loss {trained.loss:.4f} acc {trained.accuracy:.3f} | "
-                     f"val loss {validated.loss:.4f} acc {validated.accuracy:.3f} | lr {lr:.5f} | "
-                     f"{trained.images_per_second:.1f} img/s"
-                     f"{' | new best' if improved else ''}"
-                     f"{f' | {skipped} unreadable images left out' if skipped > 0 and ddp.world_size == 1 else ''}")
-    except KeyboardInterrupt:
-        resumable = (run_dir / "last.pth").is_file()
-        log(ddp, f"\ninterrupted in epoch {epoch + 1}; {saved_so_far(run_dir)}"
-                 f"{f'. Continue with: python train.py --resume {run_dir}' if resumable else ''}")
-        return 130
-    except utils.NonFiniteLossError as error:
-        log(ddp, f"error: {error}; stopped. {saved_so_far(run_dir)}. Lower --lr or check the data")
-        return 1
-    finally:
-        if writer is not None:
-            writer.close()
-
-    if ddp.is_main and best_confusion is not None:
-        utils.plot_confusion_matrix(best_confusion, classes, run_dir / "confusion_matrix.png",
-                                    title=f"validation, best epoch {best_epoch}")
-        print(f"best validation accuracy {best_acc:.4f} at epoch {best_epoch}; per class:\n"
-              f"{utils.class_table(classes, best_confusion)}\n"
-              f"saved {run_dir / 'best.pth'}; classify a photo with: python predict.py IMAGE --weights "
-              f"{run_dir / 'best.pth'}")
-    return 0
-
-
-def saved_so_far(run_dir: Path) -> str:
-    if (run_dir / "last.pth").is_file():
-        return f"{run_dir / 'last.pth'} holds the last completed epoch"
-    return "no epoch was completed, so no checkpoint was saved"
-
-
-def tensorboard_writer(run_dir: Path) -> Any:
-    """A TensorBoard writer into the run folder, or None when tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(run_dir))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = given_flags(argv)
-    utils.keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
+    keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
     try:
         return train(args, given)
-    except (utils.UsageError, WeightsError, DownloadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (UsageError, WeightsError, DownloadError) as error:
+        return report(str(error))
     except OSError as error:  # a full disk or a folder we may not write: nothing saved so far is lost
-        print(f"error: {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
-        return 1
+        return report(f"{error.filename or 'a file'}: {error.strerror or error}", status=1)
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import utils
 from conftest import train_args
 from imagegen import class_image, jpeg_bytes, make_class_folders
 from model import MEAN, STD
-from my_dataset import EvalTransform, MyDataSet, TrainTransform, open_image, to_rgb
+from my_dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform, open_image, to_rgb
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (90, 70)) -> Image.Image:
@@ -156,18 +156,18 @@ def test_split_round_trips_through_json(tmp_path):
 
 
 def test_epoch_sampler_covers_each_sample_once_per_epoch_and_reshuffles():
-    sampler = utils.EpochSampler(10, shuffle=True, seed=1)
+    sampler = EpochSampler(10, shuffle=True, seed=1)
     first = [i for i, _ in sampler]
     sampler.set_epoch(1)
     second = [i for i, _ in sampler]
     assert sorted(first) == sorted(second) == list(range(10)) and first != second
     seeds = [s for _, s in sampler]
     assert len(set(seeds)) == 10
-    shards = [[i for i, _ in utils.EpochSampler(10, False, rank=r, num_replicas=3, pad=False)] for r in range(3)]
+    shards = [[i for i, _ in EpochSampler(10, False, rank=r, num_replicas=3, pad=False)] for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(10))
-    padded = [len(utils.EpochSampler(10, True, rank=r, num_replicas=3, pad=True)) for r in range(3)]
+    padded = [len(EpochSampler(10, True, rank=r, num_replicas=3, pad=True)) for r in range(3)]
     assert padded == [4, 4, 4]
-    tiny = [[i for i, _ in utils.EpochSampler(1, True, rank=r, num_replicas=4, pad=True)] for r in range(4)]
+    tiny = [[i for i, _ in EpochSampler(1, True, rank=r, num_replicas=4, pad=True)] for r in range(4)]
     assert tiny == [[0], [0], [0], [0]]  # fewer samples than processes: every process still gets a step
 
 

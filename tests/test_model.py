@@ -2,7 +2,6 @@
 import json
 import os
 import pickle
-import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,9 @@ import torch
 import torchvision
 
 import model as M
+import weights as W
+from variants import Variant
+from torch_backend import fuse_batchnorm
 from conftest import randomize_
 from download import sha256_of
 
@@ -63,7 +65,7 @@ def test_tutorial_checkpoint_loads_strictly_with_or_without_module_prefix():
     assert "tutorial layout" in summary
     assert torch.equal(model.state_dict()["features.3a.block.se.fc1.weight"],
                        tutorial_state["features.3a.block.se.fc1.weight"])
-    assert M.bn_eps_of(model) == M.TUTORIAL_BN_EPS  # the tutorial trained every variant with eps 1e-3
+    assert W.bn_eps_of(model) == W.TUTORIAL_BN_EPS  # the tutorial trained every variant with eps 1e-3
 
 
 def test_stochastic_depth_rates_grow_linearly_with_block_index():
@@ -112,7 +114,7 @@ def test_outputs_equal_torchvision_with_random_weights(variant):
     ours = M.create_model(variant).eval()
     summary = M.load_weights(ours, reference.state_dict(), verbose=False)
     assert "torchvision layout" in summary
-    assert M.bn_eps_of(ours) == M.VARIANTS[variant].bn_eps
+    assert W.bn_eps_of(ours) == M.VARIANTS[variant].bn_eps
     size = 224 if variant in ("b0", "b1") else 64  # small inputs keep B2-B7 fast on a CPU
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -132,7 +134,7 @@ def test_wrong_eps_would_be_caught_by_the_parity_check():
 
 
 def test_torchvision_key_map_names_every_tensor_once():
-    mapping = M.torchvision_key_map(M.efficientnet_b0())
+    mapping = W.torchvision_key_map(M.efficientnet_b0())
     reference_keys = set(torchvision.models.efficientnet_b0().state_dict())
     assert set(mapping.values()) == reference_keys
     assert mapping["features.stem_conv.0.weight"] == "features.0.0.weight"
@@ -145,9 +147,9 @@ def test_own_checkpoint_format_round_trips_with_its_eps(tmp_path):
     source = randomize_(M.efficientnet_b0(num_classes=5)).eval()
     source.set_bn_eps(1e-4)
     path = tmp_path / "ckpt.pth"
-    torch.save({**M.checkpoint_fields(source), "epoch": 3}, path)
+    torch.save({**W.checkpoint_fields(source), "epoch": 3}, path)
     rebuilt = M.model_from_checkpoint(path).eval()
-    assert rebuilt.variant == "b0" and rebuilt.num_classes == 5 and M.bn_eps_of(rebuilt) == 1e-4
+    assert rebuilt.variant == "b0" and rebuilt.num_classes == 5 and W.bn_eps_of(rebuilt) == 1e-4
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(source(x), rebuilt(x))
@@ -171,8 +173,8 @@ def test_imagenet_weights_download_convert_and_load(http_server, tmp_path, monke
     torch.save(reference.state_dict(), payload)
     file_name = f"efficientnet_b0_test-{sha256_of(payload)[:8]}.pth"
     (served / file_name).write_bytes(payload.read_bytes())
-    monkeypatch.setattr(M, "VARIANTS", {**M.VARIANTS, "b0": _with_file(M.VARIANTS["b0"], file_name)})
-    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, base_url)
+    monkeypatch.setattr(W, "VARIANTS", {**W.VARIANTS, "b0": _with_file(W.VARIANTS["b0"], file_name)})
+    monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, base_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
     model = M.efficientnet_b0(pretrained=True).eval()
@@ -191,8 +193,8 @@ def test_imagenet_weights_from_a_file_url(tmp_path, monkeypatch):
     torch.save(torchvision_model("b0").state_dict(), payload)
     file_name = f"efficientnet_b0_file-{sha256_of(payload)[:8]}.pth"
     payload.rename(payload.parent / file_name)
-    monkeypatch.setattr(M, "VARIANTS", {**M.VARIANTS, "b0": _with_file(M.VARIANTS["b0"], file_name)})
-    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, payload.parent.as_uri())
+    monkeypatch.setattr(W, "VARIANTS", {**W.VARIANTS, "b0": _with_file(W.VARIANTS["b0"], file_name)})
+    monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, payload.parent.as_uri())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     model = M.efficientnet_b0()
     assert "torchvision" in M.load_weights(model, "imagenet", verbose=False)
@@ -202,8 +204,8 @@ def test_imagenet_download_with_a_wrong_hash_saves_nothing(http_server, tmp_path
     base_url, served = http_server
     file_name = "efficientnet_b0_bad-00000000.pth"
     torch.save({"x": torch.zeros(3)}, served / file_name)
-    monkeypatch.setattr(M, "VARIANTS", {**M.VARIANTS, "b0": _with_file(M.VARIANTS["b0"], file_name)})
-    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, base_url)
+    monkeypatch.setattr(W, "VARIANTS", {**W.VARIANTS, "b0": _with_file(W.VARIANTS["b0"], file_name)})
+    monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, base_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(M.WeightsError, match="corrupted or altered"):
         M.efficientnet_b0(pretrained=True)
@@ -211,7 +213,7 @@ def test_imagenet_download_with_a_wrong_hash_saves_nothing(http_server, tmp_path
 
 
 def test_imagenet_download_without_network_names_url_and_destination(closed_port_url, tmp_path, monkeypatch):
-    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, closed_port_url)
+    monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, closed_port_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(M.WeightsError) as error:
         M.efficientnet_b3(pretrained=True)
@@ -222,13 +224,13 @@ def test_imagenet_download_without_network_names_url_and_destination(closed_port
 
 
 def test_real_weights_url_is_torchvisions(monkeypatch):
-    monkeypatch.delenv(M.WEIGHTS_MIRROR_ENV, raising=False)
-    assert M.imagenet_weights_url("B0") == \
+    monkeypatch.delenv(W.WEIGHTS_MIRROR_ENV, raising=False)
+    assert W.imagenet_weights_url("B0") == \
         "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth"
-    assert torchvision.models.EfficientNet_B7_Weights.DEFAULT.url == M.imagenet_weights_url("efficientnet_b7")
+    assert torchvision.models.EfficientNet_B7_Weights.DEFAULT.url == W.imagenet_weights_url("efficientnet_b7")
 
 
-def _with_file(variant: M.Variant, file_name: str) -> M.Variant:
+def _with_file(variant: Variant, file_name: str) -> Variant:
     from dataclasses import replace
 
     return replace(variant, weights_file=file_name)
@@ -286,7 +288,7 @@ def test_weights_of_another_variant_are_named(tmp_path):
     tv_b2 = torchvision.models.efficientnet_b2().state_dict()
     with pytest.raises(M.WeightsError, match=r"efficientnet_b2 weights"):
         M.load_weights(M.efficientnet_b1(), tv_b2)
-    checkpoint = M.checkpoint_fields(M.efficientnet_b1(num_classes=3))
+    checkpoint = W.checkpoint_fields(M.efficientnet_b1(num_classes=3))
     with pytest.raises(M.WeightsError, match=r"efficientnet_b1 weights but the model is efficientnet_b0"):
         M.load_weights(M.efficientnet_b0(num_classes=3), checkpoint)
 
@@ -438,7 +440,7 @@ def test_readme_variant_table_matches_the_model_table():
 @pytest.mark.parametrize("variant", ["b0", "b3"])
 def test_folded_batchnorm_computes_the_same_function(variant):
     model = randomize_(M.create_model(variant, num_classes=10)).eval()
-    folded = M.fuse_batchnorm(model)
+    folded = fuse_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     x = torch.randn(3, 3, 96, 96)

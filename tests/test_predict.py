@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 import model as M
+import weights as W
+from class_names import imagenet_class_names
 import predict
 import utils
 from my_dataset import EvalTransform, MyDataSet
@@ -173,7 +175,7 @@ def test_notebook_function_takes_paths_pil_images_models_and_checkpoints(trained
 
 def test_tutorial_layout_state_dict_with_class_indices(trained_run, tmp_path, capsys):
     model = M.model_from_checkpoint(trained_run / "best.pth")
-    model.set_bn_eps(M.TUTORIAL_BN_EPS)  # what a tutorial-trained model uses
+    model.set_bn_eps(W.TUTORIAL_BN_EPS)  # what a tutorial-trained model uses
     folder = tmp_path / "tutorial"
     folder.mkdir()
     torch.save({"module." + k: v for k, v in model.state_dict().items()}, folder / "model-29.pth")
@@ -189,7 +191,7 @@ def test_tutorial_layout_state_dict_with_class_indices(trained_run, tmp_path, ca
 
 def test_torchvision_layout_state_dict(trained_run, tmp_path, capsys):
     model = M.model_from_checkpoint(trained_run / "best.pth")
-    mapping = M.torchvision_key_map(model)
+    mapping = W.torchvision_key_map(model)
     torch.save({mapping[k]: v for k, v in model.state_dict().items()}, tmp_path / "tv.pth")
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"0": "blue", "1": "green", "2": "red"}))
@@ -211,13 +213,13 @@ def test_imagenet_weights_use_imagenet_class_names(tmp_path, monkeypatch, capsys
     torch.save(M.efficientnet_b0().state_dict(), payload)
     name = f"efficientnet_b0_x-{sha256_of(payload)[:8]}.pth"
     payload.rename(payload.parent / name)
-    monkeypatch.setattr(M, "VARIANTS", {**M.VARIANTS, "b0": replace(M.VARIANTS["b0"], weights_file=name)})
-    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, payload.parent.as_uri())
+    monkeypatch.setattr(W, "VARIANTS", {**W.VARIANTS, "b0": replace(M.VARIANTS["b0"], weights_file=name)})
+    monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, payload.parent.as_uri())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     Image.new("RGB", (300, 260), (200, 30, 30)).save(tmp_path / "red.png")
     status, results = run_json(capsys, str(tmp_path / "red.png"), "--weights", "imagenet")
     assert status == 0 and len(results[0]["predictions"]) == 5
-    assert all(p["class"] in predict.imagenet_class_names() for p in results[0]["predictions"])
+    assert all(p["class"] in imagenet_class_names() for p in results[0]["predictions"])
 
 
 # --- bad weights: one clear line, exit status 2 ---------------------------------------------------------------

@@ -14,6 +14,12 @@ import pytest
 import torch
 
 import model as M
+import cli
+import files
+import flower_photos
+import runtime
+import variants
+import weights as W
 import predict
 import train
 import utils
@@ -38,7 +44,7 @@ def test_end_to_end_training_learns_and_predicts(trained_run, capsys):
                  "class_distribution.png", "class_indices.json", "split.json"):
         assert (trained_run / name).is_file(), name
     best = load(trained_run / "best.pth")
-    assert best["format"] == M.CHECKPOINT_FORMAT and best["variant"] == "b0"
+    assert best["format"] == W.CHECKPOINT_FORMAT and best["variant"] == "b0"
     assert best["class_names"] == ["blue", "green", "red"]
     assert best["image"] == {"train_size": 64, "eval_resize": 73, "eval_crop": 64, "interpolation": "bicubic",
                              "mean": list(M.MEAN), "std": list(M.STD)}
@@ -130,16 +136,16 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):
 
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     target = tmp_path / "last.pth"
-    utils.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    files.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
     script = f"""
-import os, signal, torch, utils
+import os, signal, torch, files
 def dying_save(obj, f, *a, **k):
     with open(f, "wb") as out:
         out.write(b"PK\\x03\\x04 half a checkpoint")
         out.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = dying_save
-utils.save_checkpoint({{"epoch": 2}}, {str(target)!r})
+files.save_checkpoint({{"epoch": 2}}, {str(target)!r})
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == -signal.SIGKILL
@@ -147,8 +153,8 @@ utils.save_checkpoint({{"epoch": 2}}, {str(target)!r})
 
 
 def test_atomically_written_files_get_the_usual_permissions(tmp_path):
-    utils.write_text(tmp_path / "metrics.csv", "epoch\n")  # mkstemp alone would leave it private (0o600)
-    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~utils._UMASK
+    files.write_text(tmp_path / "metrics.csv", "epoch\n")  # mkstemp alone would leave it private (0o600)
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -235,19 +241,19 @@ def test_resume_needs_a_training_checkpoint_with_its_split(tmp_path, capsys, tra
 def test_impossible_settings_are_refused_before_any_download(flag, value, tmp_path, capsys, monkeypatch,
                                                                 closed_port_url):
     monkeypatch.chdir(tmp_path)  # the default data folder is missing: a late check would try to download first
-    monkeypatch.setenv(utils.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    monkeypatch.setenv(flower_photos.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
     _fails_with(["--weights", "none", flag, value], capsys, f"{flag} {value}")
 
 
 def test_sync_bn_needs_cuda_processes(tmp_path, capsys, monkeypatch, closed_port_url):
     monkeypatch.chdir(tmp_path)  # refused before the missing flower photos would be downloaded
-    monkeypatch.setenv(utils.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    monkeypatch.setenv(flower_photos.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
     _fails_with(["--weights", "none", "--sync-bn"], capsys, "--sync-bn", "torchrun")
 
 
 def test_an_explicit_gpu_index_is_refused_under_torchrun():
-    with pytest.raises(utils.UsageError, match="LOCAL_RANK"):
-        train.resolve_device("cuda:1", local_rank=0, distributed=True)
+    with pytest.raises(cli.UsageError, match="LOCAL_RANK"):
+        runtime.resolve_device("cuda:1", local_rank=0, distributed=True)
 
 
 def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
@@ -260,7 +266,7 @@ def test_flags_default_to_the_tutorial_recipe():
     args = train.build_parser().parse_args([])
     assert (args.epochs, args.batch_size, args.lr, args.lrf) == (30, 16, 0.01, 0.01)
     assert (args.model, args.weights, args.freeze_layers, args.val_rate) == ("b0", "imagenet", True, 0.2)
-    assert train.default_workers(16) == min(os.cpu_count(), 8)
+    assert runtime.default_workers(16) == min(os.cpu_count(), 8)
 
 
 @pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
@@ -279,7 +285,7 @@ def test_freeze_layers_rejects_nonsense(capsys):
 def test_frozen_layers_keep_weights_and_batchnorm_statistics(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=6)
     start = M.efficientnet_b0(num_classes=3)
-    torch.save(M.checkpoint_fields(start), tmp_path / "start.pth")
+    torch.save(W.checkpoint_fields(start), tmp_path / "start.pth")
     args = train_args(data, tmp_path / "runs", "--epochs", "1", "--name", "frozen")
     args[args.index("--weights") + 1] = str(tmp_path / "start.pth")
     args[args.index("--freeze-layers") + 1] = "true"
@@ -304,10 +310,10 @@ def test_optimizer_and_schedule_follow_the_recipe(trained_run):
 
 def test_image_sizes_come_from_the_variant_table():
     for variant, spec in M.VARIANTS.items():
-        settings = train.image_settings(variant, None)
+        settings = variants.image_settings(variant, None)
         assert (settings["train_size"], settings["eval_resize"], settings["eval_crop"], settings["interpolation"]) \
             == (spec.train_size, spec.eval_resize, spec.eval_crop, spec.interpolation)
-    assert train.image_settings("b0", 112)["eval_resize"] == 128
+    assert variants.image_settings("b0", 112)["eval_resize"] == 128
 
 
 def test_flower_photos_mini_trains(flowers_mini, tmp_path, capsys):
@@ -359,7 +365,7 @@ def test_weights_of_another_variant(tmp_path, capsys):
 
 
 def test_imagenet_weights_without_network_name_the_scratch_flag(tmp_path, capsys, monkeypatch, closed_port_url):
-    monkeypatch.setenv(M.WEIGHTS_MIRROR_ENV, closed_port_url)
+    monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, closed_port_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     data = make_class_folders(tmp_path / "data", per_class=3)
     args = train_args(data, tmp_path / "runs")
@@ -369,7 +375,7 @@ def test_imagenet_weights_without_network_name_the_scratch_flag(tmp_path, capsys
 
 def test_missing_flower_photos_without_network(tmp_path, capsys, monkeypatch, closed_port_url):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(utils.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    monkeypatch.setenv(flower_photos.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
     _fails_with(["--num_classes", "5", "--weights", "none"], capsys,
                 closed_port_url, "tar -xzf", "--data-path")
     assert not (tmp_path / "flower_data" / "flower_photos").exists()
@@ -407,9 +413,9 @@ def test_flower_archive_downloads_verifies_and_extracts(http_server, tmp_path, m
     archive = _archive(served / "flower_photos.tgz", {"flower_photos/LICENSE.txt": b"CC-BY",
                                                       "flower_photos/roses/1.jpg": photo,
                                                       "flower_photos/tulips/2.jpg": photo})
-    monkeypatch.setattr(utils, "FLOWER_PHOTOS_SHA256", sha256_of(archive))
+    monkeypatch.setattr(flower_photos, "FLOWER_PHOTOS_SHA256", sha256_of(archive))
     target = tmp_path / "flower_data" / "flower_photos"
-    utils.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
+    flower_photos.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
     assert (target / "roses" / "1.jpg").read_bytes() == photo
     assert not (tmp_path / "flower_data" / "flower_photos.tgz").exists()  # the archive is removed after use
 
@@ -418,8 +424,8 @@ def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path,
     base_url, served = http_server
     _archive(served / "flower_photos.tgz", {"flower_photos/roses/1.jpg": b"x"})
     target = tmp_path / "flower_data" / "flower_photos"
-    with pytest.raises(utils.UsageError, match="corrupted or altered"):
-        utils.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
+    with pytest.raises(cli.UsageError, match="corrupted or altered"):
+        flower_photos.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
     assert not target.exists() and not list((tmp_path / "flower_data").iterdir())
 
 
@@ -428,6 +434,6 @@ def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path,
                                             ({"flower_photos/a.txt": b"x"}, {"flower_photos/link": "/etc/passwd"})])
 def test_archives_that_escape_the_target_are_refused(tmp_path, members, links):
     archive = _archive(tmp_path / "evil.tgz", members, links)
-    with pytest.raises(utils.UsageError, match="refusing the archive"):
-        utils.extract_tar_safely(archive, tmp_path / "out" / "data")
+    with pytest.raises(cli.UsageError, match="refusing the archive"):
+        flower_photos.extract_tar_safely(archive, tmp_path / "out" / "data")
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out" / "data").exists()

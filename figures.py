@@ -1,0 +1,111 @@
+"""Figures, written headlessly as PNG files: learning curves, confusion matrix, class distribution, and a
+photo with its top classes (and Grad-CAM overlay)."""
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from files import atomic_path
+
+
+def pyplot(headless: bool = True) -> Any:
+    """matplotlib.pyplot, imported on first use (it costs half a second); `headless` selects the Agg backend,
+    which writes files and never opens a window."""
+    import matplotlib
+
+    if headless:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(figure: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+    pyplot().close(figure)
+
+
+def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
+    """Loss, accuracy and learning rate per epoch."""
+    plt = pyplot()
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for axis, (title, keys) in zip(axes, (("loss", ("train_loss", "val_loss")),
+                                          ("accuracy", ("train_acc", "val_acc")),
+                                          ("learning rate", ("lr",)))):
+        for key in keys:
+            axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    _save_figure(figure, path)
+
+
+def plot_confusion_matrix(confusion: "np.ndarray | Sequence", classes: Sequence[str], path: str | os.PathLike,
+                          title: str = "validation confusion matrix") -> None:
+    plt = pyplot()
+    size = max(5.0, 0.6 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    confusion = np.asarray(confusion)
+    image = axis.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    threshold = confusion.max().item() / 2
+    if len(classes) <= 30:
+        for row in range(len(classes)):
+            for column in range(len(classes)):
+                value = int(confusion[row, column])
+                axis.text(column, row, value, ha="center", va="center",
+                          color="white" if value > threshold else "black")
+    _save_figure(figure, path)
+
+
+def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int],
+                            path: str | os.PathLike) -> None:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(classes) + 2), 4))
+    positions = range(len(classes))
+    axis.bar(positions, train_counts, label="train")
+    axis.bar(positions, val_counts, bottom=train_counts, label="validation")
+    for x, (train, val) in enumerate(zip(train_counts, val_counts)):
+        axis.text(x, train + val, str(train + val), ha="center", va="bottom")
+    axis.set_xticks(list(positions), classes, rotation=45, ha="right")
+    axis.set_ylabel("images")
+    axis.set_title("images per class")
+    axis.legend()
+    _save_figure(figure, path)
+
+
+def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str, float]], path: str,
+                      show: bool = False, cam: "np.ndarray | None" = None) -> None:
+    """The photo beside a bar chart of its top-k classes (and the Grad-CAM overlay when given); written to
+    `path` when it is not empty, shown in a window when `show`."""
+    plt = pyplot(headless=not show)
+    panels = 3 if cam is not None else 2
+    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
+    axes[0].imshow(view)
+    axes[0].set_title(title)
+    if cam is not None:
+        axes[1].imshow(view)
+        axes[1].imshow(np.asarray(cam), cmap="jet", alpha=0.45)
+        axes[1].set_title(f"Grad-CAM: {ranked[0][0]}")
+    for axis in axes[: panels - 1]:
+        axis.axis("off")
+    axes[-1].barh([name for name, _ in ranked][::-1], [p for _, p in ranked][::-1])
+    axes[-1].set_xlim(0, 1)
+    axes[-1].set_xlabel("probability")
+    figure.tight_layout()
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+    if show:
+        plt.show()
+    plt.close(figure)

@@ -1,0 +1,72 @@
+"""The flower photos: download the archive (sha256-checked) and extract it without path escapes."""
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from cli import UsageError
+from download import download_file
+
+FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+FLOWER_PHOTOS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
+FLOWER_PHOTOS_BYTES = 228_813_984
+FLOWER_PHOTOS_URL_ENV = "FLOWER_PHOTOS_URL"  # a mirror of the archive (same bytes) for users who need one
+
+def _check_archive_member(member: tarfile.TarInfo, target: Path) -> None:
+    """Refuse members that would land outside `target` or are not plain files / folders."""
+    destination = (target / member.name).resolve()
+    if not destination.is_relative_to(target.resolve()) or os.path.isabs(member.name):
+        raise UsageError(f"archive member {member.name!r} would be written outside {target}; refusing the archive")
+    if not (member.isfile() or member.isdir()):
+        raise UsageError(f"archive member {member.name!r} is a link or device; refusing the archive")
+
+
+def extract_tar_safely(archive: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Extract a .tgz into `target`, refusing path traversal, links and devices.
+
+    Extraction happens in a temporary folder beside `target` that is renamed into place at the end, so an
+    interrupted extraction never leaves a half-filled dataset that looks complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_archive_member(member, staging)
+            # Python's own "data" filter, where this Python has it, is a second line of defence
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(staging, members=members, **safe)
+        staging.rename(target)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise UsageError(f"could not extract {archive} ({error}); delete it and try again") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_flower_photos(data_path: str | os.PathLike, url: str | None = None) -> None:
+    """Download and unpack the flower photos so that `data_path` (…/flower_photos) exists.
+
+    The archive (228,813,984 bytes) is checked against its sha256 before it is opened.
+    """
+    data_path = Path(data_path)
+    if data_path.is_dir():
+        return
+    url = url or os.environ.get(FLOWER_PHOTOS_URL_ENV) or FLOWER_PHOTOS_URL
+    archive = data_path.parent / "flower_photos.tgz"
+    print(f"{data_path} is missing: downloading the flower photos ({FLOWER_PHOTOS_BYTES / 1e6:.0f} MB) "
+          f"from {url}", file=sys.stderr)
+    try:
+        download_file(url, archive, FLOWER_PHOTOS_SHA256)
+    except Exception as error:
+        raise UsageError(f"{error}; then unpack it with 'tar -xzf {archive} -C {data_path.parent}', "
+                         f"or point --data-path at your own class-per-folder images") from None
+    extracted = data_path.parent / ".flower_photos_extracted"
+    extract_tar_safely(archive, extracted)
+    inner = extracted / data_path.name  # the archive holds a single flower_photos/ folder
+    (inner if inner.is_dir() else extracted).rename(data_path)
+    shutil.rmtree(extracted, ignore_errors=True)
+    archive.unlink()

@@ -1,0 +1,142 @@
+"""Photos in, arrays out: decoding any image file to upright 8-bit RGB, and the evaluation preprocessing.
+
+Pillow and numpy only, no PyTorch, so that prediction through ONNX Runtime or OpenVINO starts fast; the
+training transforms (my_dataset.py) build on the same decoding, and `Preprocessing` computes exactly the
+tensor that torchvision's Resize -> CenterCrop -> ToTensor -> Normalize computes (tested on real photos).
+
+Every image becomes RGB the same way (EXIF orientation applied, alpha composited onto white, 16-bit scaled,
+palette / CMYK / grayscale converted). Large JPEGs are decoded at a reduced scale (1/2, 1/4 or 1/8, done
+inside the JPEG decoder and much faster) whenever the output still gets at least as many source pixels as it
+has; small photos take exactly torchvision's path.
+"""
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+from variants import MEAN, STD
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+_ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def is_image_name(name: str) -> bool:
+    """An image extension in any letter case, and not a hidden file (such as macOS's ._photo.jpg)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image lazily (header only), refusing decompression bombs instead of only warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(str(warning)) from None
+
+
+def check_image_header(path: str) -> str | None:
+    """Why the file at `path` cannot be an image we can read, or None if its header looks fine."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with open_image(path) as image:
+            image.size  # noqa: B018 - reading the header is the check
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) the image will have once its EXIF orientation is applied, without decoding it."""
+    width, height = image.size
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return (height, width) if orientation in _ROTATED_ORIENTATIONS else (width, height)
+
+
+def reduce_jpeg_decode(image: Image.Image, max_reduction: float) -> None:
+    """Ask the JPEG decoder for 1/8, 1/4 or 1/2 scale, the largest not exceeding `max_reduction`.
+
+    A no-op for other formats and for images already decoded.
+    """
+    if image.format != "JPEG":
+        return
+    reduction = next((r for r in (8, 4, 2) if r <= max_reduction), 1)
+    if reduction > 1:
+        width, height = image.size
+        image.draft(None, (width // reduction, height // reduction))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Decode `image` and return it as 8-bit RGB, upright."""
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale: scale, don't clip
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def normalize(image: Image.Image, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
+    """(3, H, W) float32 array: pixels / 255, minus the mean, over the std, as ToTensor + Normalize do
+    (the same float32 operations in the same order, so the same bits)."""
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize(resize, interpolation) -> CenterCrop(crop) -> ToTensor -> Normalize, on a lazily opened image."""
+
+    resize: int
+    crop: int
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
+    reduced_decode: bool = True
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The RGB crop the network sees, before normalisation."""
+        if self.reduced_decode:
+            reduce_jpeg_decode(image, min(oriented_size(image)) / self.resize)
+        image = to_rgb(image)
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_short, new_long = self.resize, int(self.resize * long / short)  # torchvision's rounding
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if size != image.size:
+            image = image.resize(size, INTERPOLATIONS[self.interpolation])
+        top = int(round((size[1] - self.crop) / 2.0))
+        left = int(round((size[0] - self.crop) / 2.0))
+        return image.crop((left, top, left + self.crop, top + self.crop))
+
+    def array(self, image: Image.Image) -> np.ndarray:
+        """(3, crop, crop) float32, normalised."""
+        return normalize(self.view(image), self.mean, self.std)
+
+    def load(self, source: "str | os.PathLike | Image.Image") -> np.ndarray:
+        """`array` of a file path (opened lazily, so JPEGs decode at reduced size) or of a PIL image."""
+        if isinstance(source, Image.Image):
+            return self.array(source.copy())
+        with open_image(source) as opened:
+            return self.array(opened)
+
+    def load_view(self, source: "str | os.PathLike | Image.Image") -> Image.Image:
+        if isinstance(source, Image.Image):
+            return self.view(source.copy())
+        with open_image(source) as opened:
+            return self.view(opened)
+
+    @classmethod
+    def from_settings(cls, image: dict, reduced_decode: bool = True) -> "Preprocessing":
+        """From the `image` settings a checkpoint or an exported model stores."""
+        return cls(int(image["eval_resize"]), int(image["eval_crop"]), str(image.get("interpolation", "bicubic")),
+                   tuple(image.get("mean", MEAN)), tuple(image.get("std", STD)), reduced_decode)

@@ -1,0 +1,66 @@
+"""The process a program runs in: its device, the CPUs it may use, and the allocator setting."""
+import ctypes
+import os
+
+import torch
+
+from cli import UsageError
+
+
+def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
+    """Tell glibc's malloc to keep freed memory instead of handing it back to the OS (Linux only).
+
+    Every training and inference step frees and reallocates the same large activation tensors. By default
+    glibc serves each from fresh mmap pages, and the kernel's page faults to zero them cost more than the
+    arithmetic of the elementwise layers: on our 2-core machines torchvision's B0 forward pass runs about
+    2.5x faster with this setting (BENCHMARKS.md). Peak memory is unchanged; memory simply stays with the
+    process until it exits. `enable=False` restores what glibc settles on by itself (32 MiB mmap threshold,
+    64 MiB trim threshold) and hands back what was kept, as a process that never enabled it would be
+    (benchmark.py switches between the two). Returns False where there is no glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
+    mmap_threshold, trim_threshold = (2**30, 2**30) if enable else (32 * 2**20, 64 * 2**20)
+    applied = bool(libc.mallopt(m_mmap_threshold, ctypes.c_int(mmap_threshold))) and bool(
+        libc.mallopt(m_trim_threshold, ctypes.c_int(trim_threshold)))
+    if not enable:
+        libc.malloc_trim(0)
+    return applied
+
+
+def default_workers(batch_size: int) -> int:
+    """Data-loading processes: one per CPU core, at most the batch size and 8 (0 for batch 1)."""
+    return min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, 8)
+
+
+def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
+    """The requested device, checked to exist; by default this process's CUDA device, else the CPU."""
+    if name is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK {local_rank}, but only {torch.cuda.device_count()} CUDA device(s) "
+                             f"exist; start at most that many processes per machine")
+        return torch.device("cuda", local_rank)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device name; use e.g. cpu, cuda or cuda:1") from None
+    if distributed and device.index is not None:
+        raise UsageError(f"--device {name}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+                         f"pass --device {device.type} (choose GPUs with CUDA_VISIBLE_DEVICES)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: only cpu, cuda and mps are supported")
+    return device

@@ -1,0 +1,316 @@
+"""Weights on disk: safe reading, layout detection (this project's checkpoints, the tutorial's and
+torchvision's state_dicts), key maps, checkpoint fields and torchvision's ImageNet weights.
+
+Works on any model with the tutorial's module names (model.py's EfficientNet); it never builds one, so the
+network module can import this one for ``pretrained=True`` without a cycle.
+"""
+import os
+import pickle
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from download import DownloadError, download_file
+from variants import BASELINE_STAGES, TUTORIAL_BN_EPS, VARIANTS, _make_divisible, head_channels, stage_repeats, \
+    variant_name
+
+WEIGHTS_BASE_URL = "https://download.pytorch.org/models/"
+WEIGHTS_MIRROR_ENV = "EFFICIENTNET_WEIGHTS_MIRROR"  # set to a base URL (or file:// folder) to fetch elsewhere
+CHECKPOINT_FORMAT = "efficientnet-tutorial-checkpoint/1"  # marks this project's self-describing checkpoints
+CLASSIFIER_KEYS = ("classifier.1.weight", "classifier.1.bias")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded; the message names the file or keys and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading files and fetching ImageNet weights
+
+
+def read_weights_file(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line WeightsError."""
+    if not os.path.exists(path):
+        raise WeightsError(f"weights file {path} does not exist; check the path")
+    if os.path.isdir(path):
+        raise WeightsError(f"weights path {path} is a folder; give the .pth file inside it")
+    unreadable = (f"{path} is not a readable PyTorch weights file (corrupt, truncated or another format")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any global it does not know: name the one that would have been imported
+        blocked = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line.upper()), None)
+        if blocked is None:
+            raise WeightsError(f"{unreadable}); re-download or re-save it") from None
+        raise WeightsError(f"{path} holds Python objects beyond tensors, which could run code when loaded; "
+                           f"refusing it ({blocked[:160]}). Re-save it as a plain state_dict") from None
+    except Exception as error:  # zip, EOF and unpickling errors all mean the same thing to a user
+        raise WeightsError(f"{unreadable}: {type(error).__name__}); re-download or re-save it") from None
+
+
+def imagenet_weights_url(variant: str) -> str:
+    base = os.environ.get(WEIGHTS_MIRROR_ENV) or WEIGHTS_BASE_URL
+    return base.rstrip("/") + "/" + VARIANTS[variant_name(variant)].weights_file
+
+
+def download_imagenet_weights(variant: str, progress: bool = True) -> str:
+    """Path of torchvision's ImageNet weights for `variant` in the torch hub cache, downloading them if absent.
+
+    The file lands where torchvision itself caches it, so a copy torchvision already fetched is reused.
+    """
+    file_name = VARIANTS[variant_name(variant)].weights_file
+    destination = os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
+    sha256_prefix = re.search(r"-([0-9a-f]+)\.pth$", file_name).group(1)
+    try:
+        return str(download_file(imagenet_weights_url(variant), destination, sha256_prefix, progress))
+    except DownloadError as error:
+        raise WeightsError(f"ImageNet weights for efficientnet_{variant_name(variant)}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# This project's checkpoints
+
+
+def bn_eps_of(model: nn.Module) -> float:
+    """The eps of the model's BatchNorm layers (all share one)."""
+    return next(m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def checkpoint_fields(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild `model` exactly: merge into a dict and torch.save it."""
+    return {"format": CHECKPOINT_FORMAT, "variant": model.variant, "num_classes": model.num_classes,
+            "bn_eps": bn_eps_of(model), "model": model.state_dict()}
+
+
+def is_checkpoint(loaded: Any) -> bool:
+    """Whether a loaded file is one of this project's self-describing checkpoints (not a bare state_dict)."""
+    return isinstance(loaded, Mapping) and loaded.get("format") == CHECKPOINT_FORMAT
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """The validated fields of a checkpoint that describe its model."""
+
+    variant: str
+    num_classes: int
+    bn_eps: float
+    class_names: list[str] | None
+    image: dict[str, Any] | None  # evaluation sizes and normalisation, as train.py saved them
+
+
+IMAGE_FIELDS = {"eval_resize": int, "eval_crop": int, "interpolation": str}
+
+
+def checkpoint_header(checkpoint: Mapping[str, Any], origin: str) -> CheckpointHeader:
+    """Check the fields that describe the model, with one clear WeightsError for a hand-edited or damaged file."""
+    def bad(field: str, expected: str) -> WeightsError:
+        return WeightsError(f"{origin}: checkpoint field '{field}' is {checkpoint.get(field)!r}, expected "
+                            f"{expected}; re-save the checkpoint with train.py")
+
+    try:
+        variant = variant_name(str(checkpoint.get("variant")))
+    except ValueError:
+        raise bad("variant", f"one of {', '.join(VARIANTS)}") from None
+    num_classes = checkpoint.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise bad("num_classes", "a positive whole number")
+    bn_eps = checkpoint.get("bn_eps")
+    if not isinstance(bn_eps, (int, float)) or isinstance(bn_eps, bool) or not 0 < bn_eps < 1:
+        raise bad("bn_eps", "a small positive number")
+    if not isinstance(checkpoint.get("model"), Mapping):
+        raise bad("model", "a state_dict")
+    names = checkpoint.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != num_classes
+                              or not all(isinstance(n, str) for n in names)):
+        raise bad("class_names", f"a list of {num_classes} names")
+    image = checkpoint.get("image")
+    if image is not None and (not isinstance(image, Mapping) or not all(
+            isinstance(image.get(key), kind) for key, kind in IMAGE_FIELDS.items())):
+        raise bad("image", "the evaluation sizes " + ", ".join(IMAGE_FIELDS))
+    return CheckpointHeader(variant, num_classes, float(bn_eps), names, dict(image) if image else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layouts
+
+
+def strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop the 'module.' of DataParallel/DDP and the '_orig_mod.' of torch.compile from every key."""
+    state = dict(state)
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def is_torchvision_layout(state: Mapping[str, Any]) -> bool:
+    return "features.0.0.weight" in state
+
+
+def torchvision_key_map(model: nn.Module) -> dict[str, str]:
+    """Map each of this model's state_dict keys to torchvision's name for the same tensor.
+
+    torchvision numbers what the tutorial names: stem 'features.0', stage s block b 'features.s.b',
+    the parts of a block by position ('block.0' = expand or depthwise, ...), the head 'features.<last>'.
+    """
+    names = list(model.features._modules)
+    head_index = len({name[:-1] for name in names if re.fullmatch(r"\d+[a-z]", name)}) + 1
+    mapping: dict[str, str] = {}
+    for name, module in model.features.named_children():
+        block_match = re.fullmatch(r"(\d+)([a-z])", name)
+        for key in module.state_dict():
+            if name == "stem_conv":
+                mapping[f"features.{name}.{key}"] = f"features.0.{key}"
+            elif name == "top":
+                mapping[f"features.{name}.{key}"] = f"features.{head_index}.{key}"
+            else:
+                stage, letter = block_match.groups()
+                part, rest = key.removeprefix("block.").split(".", 1)
+                position = list(module.block._modules).index(part)
+                mapping[f"features.{name}.{key}"] = (
+                    f"features.{stage}.{ord(letter) - ord('a')}.block.{position}.{rest}")
+    for key in model.classifier.state_dict():
+        mapping[f"classifier.{key}"] = f"classifier.{key}"
+    return mapping
+
+
+def _shape_fingerprint(state: Mapping[str, Any]) -> tuple[tuple[int, ...], int, int] | None:
+    """(blocks per stage, stem channels, head channels) of a tutorial- or torchvision-layout state_dict."""
+    torchvision = is_torchvision_layout(state)
+    block = re.compile(r"features\.(\d+)\.(\d+)\.block\." if torchvision else r"features\.(\d+)([a-z])\.block\.")
+    blocks: dict[int, set[str]] = {}
+    for key in state:
+        match = block.match(key)
+        if match:
+            blocks.setdefault(int(match.group(1)), set()).add(match.group(2))
+    stem_key = "features.0.0.weight" if torchvision else "features.stem_conv.0.weight"
+    head_key = f"features.{len(blocks) + 1}.0.weight" if torchvision else "features.top.0.weight"
+    if sorted(blocks) != list(range(1, len(BASELINE_STAGES) + 1)) or not all(
+            hasattr(state.get(k), "shape") for k in (stem_key, head_key)):
+        return None
+    counts = tuple(len(blocks[stage]) for stage in sorted(blocks))
+    return counts, int(state[stem_key].shape[0]), int(state[head_key].shape[0])
+
+
+def identify_variant(state: Mapping[str, Tensor]) -> str | None:
+    """Which of b0 ... b7 a tutorial- or torchvision-layout state_dict belongs to (by its stage depths and
+    stem and head widths), or None."""
+    fingerprint = _shape_fingerprint(strip_wrappers(state))
+    for variant, spec in VARIANTS.items():
+        expected = (tuple(stage_repeats(spec.depth)), _make_divisible(BASELINE_STAGES[0].in_channels * spec.width),
+                    head_channels(spec.width))
+        if fingerprint == expected:
+            return variant
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _describe(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _read_source(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any]:
+    """(where the weights come from, in words; what was loaded)."""
+    if isinstance(source, (str, os.PathLike)) and str(source).lower() == "imagenet":
+        if model.variant is None:
+            raise WeightsError("ImageNet weights need a model built by create_model / efficientnet_bX")
+        origin = f"torchvision ImageNet weights ({VARIANTS[model.variant].imagenet_top1}% top-1)"
+        return origin, read_weights_file(download_imagenet_weights(model.variant))
+    if isinstance(source, (str, os.PathLike)):
+        return str(source), read_weights_file(source)
+    return "the given state_dict", source
+
+
+def _unpack(loaded: Any, origin: str, variant: str | None) -> tuple[dict[str, Tensor], float, str]:
+    """(state_dict in this project's key names, BatchNorm eps it was trained with, layout name)."""
+    if not isinstance(loaded, Mapping):
+        raise WeightsError(f"{origin} holds a {type(loaded).__name__}, not a state_dict or checkpoint")
+    if is_checkpoint(loaded):
+        header = checkpoint_header(loaded, origin)
+        if variant is not None and header.variant != variant:
+            raise WeightsError(f"{origin} holds efficientnet_{header.variant} weights but the model is "
+                               f"efficientnet_{variant} (use variant {header.variant} for them)")
+        state, eps, layout = loaded["model"], header.bn_eps, "checkpoint"
+    else:
+        # other people's training scripts often wrap the state_dict in {"model": ...} or {"state_dict": ...}
+        state = next((loaded[k] for k in ("model", "state_dict") if isinstance(loaded.get(k), Mapping)), loaded)
+        layout = "torchvision" if is_torchvision_layout(strip_wrappers(state)) else "tutorial"
+        eps = VARIANTS[variant].bn_eps if layout == "torchvision" and variant else TUTORIAL_BN_EPS
+    state = strip_wrappers(state)
+    bad_values = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad_values:
+        raise WeightsError(f"{origin} is not a state_dict: {_describe(bad_values)} are not tensors")
+    return state, eps, layout
+
+
+def _check_fit(model: nn.Module, state: dict[str, Tensor], origin: str, allow_new_classifier: bool) -> bool:
+    """Raise WeightsError unless `state` fits `model`; True when only the classifier's class count differs
+    (and that is allowed), so the classifier keeps its fresh initialisation."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if not (missing or unexpected or mismatched):
+        return False
+    only_classes_differ = (not missing and not unexpected and set(mismatched) <= set(CLASSIFIER_KEYS)
+                           and state[CLASSIFIER_KEYS[0]].shape[1:] == expected[CLASSIFIER_KEYS[0]].shape[1:])
+    if only_classes_differ and allow_new_classifier:
+        return True
+    variant, actual = model.variant, identify_variant(state)
+    if only_classes_differ and actual == variant:
+        raise WeightsError(f"{origin} has {state[CLASSIFIER_KEYS[0]].shape[0]} classes but the model "
+                           f"{model.num_classes}; the class names must match the weights")
+    if actual is not None and actual != variant:
+        raise WeightsError(f"{origin} holds efficientnet_{actual} weights but the model is "
+                           f"efficientnet_{variant} (use variant {actual} for them)")
+    problems = [f"missing {_describe(missing)}"] if missing else []
+    if unexpected:
+        problems.append(f"unexpected {_describe(unexpected)}")
+    if mismatched:
+        problems.append("wrong shape " + _describe(
+            [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched]))
+    raise WeightsError(f"{origin} does not fit efficientnet_{variant or 'custom'}: {'; '.join(problems)}")
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
+                 bn_eps: float | None = None, allow_new_classifier: bool = True, verbose: bool = True) -> str:
+    """Load weights into `model` and return a one-line summary (also printed to stderr when `verbose`).
+
+    `source` is "imagenet" (torchvision's ImageNet weights for the model's variant, downloaded to the torch
+    hub cache and checked against their sha256), a path to a .pth file, or an already loaded dict. The layout
+    is detected: this project's checkpoints (a dict with "format", "model", "bn_eps"), the tutorial's
+    state_dict (keys 'features.stem_conv...', optionally prefixed 'module.'), or torchvision's
+    ('features.0.0...'). BatchNorm eps is set to what the weights were trained with (the checkpoint's own,
+    1e-3 for the tutorial, torchvision's per variant) unless `bn_eps` is given.
+
+    If only the classifier's class count differs (and `allow_new_classifier`, for fine-tuning), everything
+    else is loaded and the classifier keeps its fresh initialisation. Any other missing, unexpected or
+    mis-shaped key raises WeightsError naming them.
+    """
+    origin, loaded = _read_source(model, source)
+    state, trained_eps, layout = _unpack(loaded, origin, model.variant)
+    if layout == "torchvision":
+        inverse = {tv: ours for ours, tv in torchvision_key_map(model).items()}
+        state = {inverse.get(k, k): v for k, v in state.items()}
+    new_classifier = _check_fit(model, state, origin, allow_new_classifier)
+    summary_classes = ""
+    if new_classifier:
+        summary_classes = (f"; classifier left freshly initialised: the weights have "
+                           f"{state[CLASSIFIER_KEYS[0]].shape[0]} classes, the model {model.num_classes}")
+        state.update({key: model.state_dict()[key] for key in CLASSIFIER_KEYS})
+    model.load_state_dict(state, strict=True)
+    eps = trained_eps if bn_eps is None else bn_eps
+    model.set_bn_eps(eps)
+    summary = f"loaded {origin} ({layout} layout, BatchNorm eps {eps:g}){summary_classes}"
+    if verbose:
+        print(summary, file=sys.stderr)
+    return summary
+
