@@ -29,15 +29,16 @@ def _save_figure(figure: Any, path: str | os.PathLike) -> None:
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Loss, accuracy and learning rate per epoch."""
+    """Loss, accuracy (and validation macro F1) and learning rate per epoch."""
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for axis, (title, keys) in zip(axes, (("loss", ("train_loss", "val_loss")),
-                                          ("accuracy", ("train_acc", "val_acc")),
+                                          ("accuracy and macro F1", ("train_acc", "val_acc", "val_macro_f1")),
                                           ("learning rate", ("lr",)))):
         for key in keys:
-            axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
+            if all(key in row for row in history):  # runs started by older versions have no macro F1
+                axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.legend()

@@ -7,9 +7,11 @@ evaluate.py and app.py all go through it. Importing this module does not import 
 backend is imported only when a checkpoint is opened with it.
 """
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,6 +32,15 @@ class Backend(Protocol):
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 preprocessed images -> (N, classes) float32 probabilities."""
+
+
+@dataclass
+class Scored:
+    """The probabilities of every class for one image, or the reason it could not be read."""
+
+    source: str
+    probabilities: np.ndarray | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -99,31 +110,47 @@ class Classifier:
         order = np.argsort(-probabilities, kind="stable")[:k]
         return [(self.class_names[i], float(probabilities[i])) for i in order]
 
+    def scores(self, images: Iterable[str | os.PathLike | Image.Image], batch_size: int = 32,
+               workers: int | None = None) -> Iterator["Scored"]:
+        """Probabilities of every image, in the order given, yielded batch by batch as soon as each is done.
+
+        Decoding runs in a pool of threads ahead of the model (Pillow and numpy release the GIL), at most
+        two batches ahead, so a folder of a million photos starts yielding at once in constant memory. An
+        unreadable image comes back with its error and the others go on.
+        """
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+            pending: deque[tuple[str, Future]] = deque()
+            batch: list[tuple[str, Future]] = []
+            for image in images:
+                source = "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image)
+                pending.append((source, pool.submit(self.preprocess, image)))
+                if len(pending) >= 2 * batch_size:
+                    batch = [pending.popleft() for _ in range(batch_size)]
+                    yield from self._score_batch(batch)
+            while pending:
+                batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                yield from self._score_batch(batch)
+
+    def _score_batch(self, batch: list[tuple[str, Future]]) -> list["Scored"]:
+        results, arrays = [], []
+        for source, future in batch:
+            try:
+                arrays.append(future.result())
+                results.append(Scored(source))
+            except Exception as error:  # one bad file must not stop the others
+                results.append(Scored(source, error=_describe_error(error)))
+        if arrays:
+            readable = [result for result in results if result.error is None]
+            for result, row in zip(readable, self.probabilities(np.stack(arrays))):
+                result.probabilities = row
+        return results
+
     def predict(self, images: Iterable[str | os.PathLike | Image.Image], top_k: int | None = None,
                 batch_size: int = 32) -> list[Prediction]:
         """Classify many images in batches; an unreadable one gets an error and the rest go on."""
-        results: list[Prediction] = []
-        pending: list[tuple[Prediction, np.ndarray]] = []
-
-        def flush() -> None:
-            if pending:
-                probabilities = self.probabilities(np.stack([array for _, array in pending]))
-                for (prediction, _), row in zip(pending, probabilities):
-                    prediction.ranked = self.rank(row, top_k)
-                pending.clear()
-
-        for image in images:
-            source = "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image)
-            prediction = Prediction(source)
-            results.append(prediction)
-            try:
-                pending.append((prediction, self.preprocess(image)))
-            except Exception as error:  # one bad file must not stop the others
-                prediction.error = _describe_error(error)
-            if len(pending) >= batch_size:
-                flush()
-        flush()
-        return results
+        return [Prediction(s.source, self.rank(s.probabilities, top_k) if s.error is None else [], s.error)
+                for s in self.scores(images, batch_size)]
 
     def grad_cam(self, image: str | os.PathLike | Image.Image) -> tuple[Image.Image, np.ndarray, int]:
         """Grad-CAM of the top class: (the network's view of the photo, heat map in [0, 1] at that size, class)."""

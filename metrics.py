@@ -1,24 +1,71 @@
-"""Scores from a confusion matrix (rows: true class, columns: predicted class)."""
-from typing import Sequence
+"""Scores from a confusion matrix (rows: true class, columns: predicted class).
+
+Precision of a class is the share of its predictions that were right, recall the share of its images that
+were found, F1 their harmonic mean; each is 0 where it is undefined (a class never predicted, or absent).
+Macro averages weigh every class alike, weighted averages by the class's number of images (support).
+"""
+from typing import Any, Sequence
 
 import numpy as np
 
 
-def precision_recall(confusion: "np.ndarray | Sequence") -> tuple[list[float], list[float]]:
-    """Per-class precision and recall (0 where a class was never predicted, or never present)."""
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+
+def per_class(confusion: "np.ndarray | Sequence") -> dict[str, np.ndarray]:
+    """precision, recall, f1 and support of every class, as arrays in class order."""
     confusion = np.asarray(confusion, dtype=np.float64)
     true_positives = np.diag(confusion)
-    precision = true_positives / np.maximum(confusion.sum(0), 1)
-    recall = true_positives / np.maximum(confusion.sum(1), 1)
-    return precision.tolist(), recall.tolist()
+    precision = _ratio(true_positives, confusion.sum(0))
+    recall = _ratio(true_positives, confusion.sum(1))
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": confusion.sum(1)}
+
+
+def precision_recall(confusion: "np.ndarray | Sequence") -> tuple[list[float], list[float]]:
+    """Per-class precision and recall."""
+    scores = per_class(confusion)
+    return scores["precision"].tolist(), scores["recall"].tolist()
+
+
+def macro_f1(confusion: "np.ndarray | Sequence") -> float:
+    """Mean F1 over the classes that have images or predictions."""
+    confusion = np.asarray(confusion)
+    present = (confusion.sum(0) + confusion.sum(1)) > 0
+    return float(per_class(confusion)["f1"][present].mean()) if present.any() else 0.0
+
+
+def summary(confusion: "np.ndarray | Sequence") -> dict[str, float]:
+    """Accuracy, and macro and weighted precision, recall and F1."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    scores, total = per_class(confusion), confusion.sum()
+    present = (confusion.sum(0) + confusion.sum(1)) > 0
+    result = {"accuracy": float(np.trace(confusion) / total) if total else 0.0, "images": int(total)}
+    for name in ("precision", "recall", "f1"):
+        values = scores[name]
+        result[f"macro_{name}"] = float(values[present].mean()) if present.any() else 0.0
+        result[f"weighted_{name}"] = float((values * scores["support"]).sum() / total) if total else 0.0
+    return result
+
+
+def class_rows(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> list[dict[str, Any]]:
+    """One dict per class (class, precision, recall, f1, support), as per_class.csv and JSON reports hold."""
+    scores = per_class(confusion)
+    return [{"class": name, "precision": round(float(scores["precision"][i]), 6),
+             "recall": round(float(scores["recall"][i]), 6), "f1": round(float(scores["f1"][i]), 6),
+             "support": int(scores["support"][i])} for i, name in enumerate(classes)]
 
 
 def class_table(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> str:
-    """Per-class precision and recall as a text table."""
-    precision, recall = precision_recall(confusion)
-    counts = np.asarray(confusion).sum(1).tolist()
-    width = max(10, *(len(c) for c in classes))
-    lines = [f"{'class':<{width}}  precision  recall  images"]
-    for name, p, r, count in zip(classes, precision, recall, counts):
-        lines.append(f"{name:<{width}}  {p:9.3f}  {r:6.3f}  {int(count):6d}")
+    """Per-class precision, recall and F1 as a text table, with macro and weighted averages."""
+    width = max(12, *(len(c) for c in classes))
+    lines = [f"{'class':<{width}}  precision  recall      f1  images"]
+    for row in class_rows(classes, confusion):
+        lines.append(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:6.3f}"
+                     f"  {row['support']:6d}")
+    totals = summary(confusion)
+    for kind in ("macro", "weighted"):
+        lines.append(f"{kind + ' average':<{width}}  {totals[kind + '_precision']:9.3f}  "
+                     f"{totals[kind + '_recall']:6.3f}  {totals[kind + '_f1']:6.3f}  {totals['images']:6d}")
     return "\n".join(lines)

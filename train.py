@@ -318,7 +318,8 @@ def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, va
     """Record the epoch, keep the best model, write the run folder's files and print one line."""
     progress = run.progress
     progress.history.append({"epoch": epoch, "train_loss": trained.loss, "train_acc": trained.accuracy,
-                             "val_loss": validated.loss, "val_acc": validated.accuracy, "lr": lr,
+                             "val_loss": validated.loss, "val_acc": validated.accuracy,
+                             "val_macro_f1": metrics.macro_f1(validated.confusion), "lr": lr,
                              "train_images_per_s": trained.images_per_second})
     improved = validated.accuracy > progress.best_acc
     if improved:
