@@ -1,6 +1,6 @@
 """Score a trained EfficientNet on a labelled folder of photos: accuracy, top-k accuracy, per-class scores.
 
-    python evaluate.py flower_data/test                                # newest runs/*/best.pth
+    python evaluate.py my_test_set                                     # newest runs/*/best.pth
     python evaluate.py my_test_set --weights runs/20261128-101500-b0/best.pth --json scores.json --report report.html
     python evaluate.py my_test_set --weights model-29.pth --model b0 --class-indices class_indices.json
 
@@ -66,6 +66,11 @@ def class_folders(directory: str) -> ClassFolders:
     raise UsageError(f"{directory} holds no class folders with photos; {hint}")
 
 
+def shown_names(names: list[str], limit: int = 50) -> str:
+    """The first `limit` class names, and how many there are when that is not all of them."""
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def labelled_images(found: ClassFolders, classifier: Classifier, weights: str) -> tuple[list[str], list[int]]:
     """Every photo of DIR with its class's index among the model's classes."""
     names = classifier.class_names
@@ -74,7 +79,7 @@ def labelled_images(found: ClassFolders, classifier: Classifier, weights: str) -
         raise UsageError(f"{weights} carries no class names (its {len(names)} classes are numbered 0 ... "
                          f"{len(names) - 1}), so {found.root}'s folders cannot be matched; pass --class-indices FILE")
     if unknown:
-        shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+        shown = shown_names(names, 10)
         folders = f"these folders: {', '.join(unknown)}" if len(unknown) > 1 else "the folder"
         raise UsageError(f"{os.path.join(found.root, unknown[0])}: '{unknown[0]}' is not a class of {weights} "
                          f"({shown}); rename or remove {folders}")
@@ -100,7 +105,7 @@ def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: 
         preprocessing = classifier.preprocessing
         settings = {"evaluated": f"{weights} on {args.directory}", "backend": classifier.backend.name,
                     "photos": os.path.abspath(args.directory),
-                    "model classes": ", ".join(classifier.class_names[:50]),
+                    "model classes": shown_names(classifier.class_names),
                     "preprocessing": f"resize {preprocessing.resize}, centre crop {preprocessing.crop}, "
                                      f"{preprocessing.interpolation}",
                     "per photo": str(written[0])}
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(f"{error.filename or 'a file'}: {error.strerror or error}; choose another place", status=1)
     print(f"{classifier.backend.origin} on {args.directory}: {describe(evaluation, args.top_k)}")
     if evaluation.unreadable:
-        print(f"{len(evaluation.unreadable)} unreadable photos left out")
+        count = len(evaluation.unreadable)
+        print(f"left out {count} unreadable photo{'s' if count > 1 else ''} (listed above)")
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 
