@@ -70,14 +70,18 @@ def plot_confusion_matrix(confusion: "np.ndarray | Sequence", classes: Sequence[
 
 
 def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int],
-                            path: str | os.PathLike) -> None:
+                            path: str | os.PathLike, test_counts: Sequence[int] | None = None) -> None:
+    """Images per class, stacked: training, validation (and test, when there is a test set)."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(classes) + 2), 4))
     positions = range(len(classes))
-    axis.bar(positions, train_counts, label="train")
-    axis.bar(positions, val_counts, bottom=train_counts, label="validation")
-    for x, (train, val) in enumerate(zip(train_counts, val_counts)):
-        axis.text(x, train + val, str(train + val), ha="center", va="bottom")
+    bottom = np.zeros(len(classes))
+    for label, counts in (("train", train_counts), ("validation", val_counts), ("test", test_counts)):
+        if counts:
+            axis.bar(positions, counts, bottom=bottom, label=label)
+            bottom += np.asarray(counts)
+    for x, total in enumerate(bottom):
+        axis.text(x, total, str(int(total)), ha="center", va="bottom")
     axis.set_xticks(list(positions), classes, rotation=45, ha="right")
     axis.set_ylabel("images")
     axis.set_title("images per class")
@@ -110,3 +114,13 @@ def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str,
     if show:
         plt.show()
     plt.close(figure)
+
+
+def grad_cam_overlay(view: Image.Image, cam: "np.ndarray", alpha: float = 0.45) -> Image.Image:
+    """The photo with its Grad-CAM heat map (values in [0, 1], the photo's size) blended over it in the jet
+    colour map, as the --cam figures of predict.py show it."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](np.clip(np.asarray(cam, dtype=np.float64), 0, 1))[..., :3] * 255
+    blended = (1 - alpha) * np.asarray(view.convert("RGB"), dtype=np.float64) + alpha * heat
+    return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), "RGB")

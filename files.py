@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import torch
-
 
 def _current_umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; done once, at import, before any threads
@@ -38,6 +36,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    import torch  # here, so that evaluate.py's CSV and JSON writes do not load PyTorch
+
     with atomic_path(path) as temporary:
         torch.save(dict(checkpoint), temporary)
 

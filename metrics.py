@@ -57,15 +57,21 @@ def class_rows(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> li
              "support": int(scores["support"][i])} for i, name in enumerate(classes)]
 
 
+def table_rows(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> list[dict[str, Any]]:
+    """class_rows, then a "macro average" and a "weighted average" row (support: all images), as per_class.csv
+    holds them."""
+    totals = summary(confusion)
+    averages = [{"class": f"{kind} average", **{name: round(totals[f"{kind}_{name}"], 6)
+                                                for name in ("precision", "recall", "f1")},
+                 "support": totals["images"]} for kind in ("macro", "weighted")]
+    return class_rows(classes, confusion) + averages
+
+
 def class_table(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> str:
     """Per-class precision, recall and F1 as a text table, with macro and weighted averages."""
-    width = max(12, *(len(c) for c in classes))
+    width = max(16, *(len(c) for c in classes))
     lines = [f"{'class':<{width}}  precision  recall      f1  images"]
-    for row in class_rows(classes, confusion):
+    for row in table_rows(classes, confusion):
         lines.append(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:6.3f}"
                      f"  {row['support']:6d}")
-    totals = summary(confusion)
-    for kind in ("macro", "weighted"):
-        lines.append(f"{kind + ' average':<{width}}  {totals[kind + '_precision']:9.3f}  "
-                     f"{totals[kind + '_recall']:6.3f}  {totals[kind + '_f1']:6.3f}  {totals['images']:6d}")
     return "\n".join(lines)

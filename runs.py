@@ -4,7 +4,7 @@
 |---|---|
 | class_indices.json, split.json, class_distribution.png | when the run starts |
 | last.pth (every epoch), best.pth (when validation improves), metrics.csv, curves.png, TensorBoard events | after each epoch |
-| confusion_matrix.png | when the run ends |
+| confusion_matrix.png, per_class.csv, report.html, test/ (a test set's results, by best.pth) | when the run ends |
 
 Every file is written atomically (files.py), so a run killed at any moment resumes from its last epoch.
 """
@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import figures
+import html_report
+import metrics
 from cli import UsageError
 from distributed import Distributed, broadcast_object
+from evaluation import Evaluation, evaluate_images, write_files
 from files import save_checkpoint, write_csv, write_json
+from image_folders import presplit_folders
+from inference import Classifier
 from utils import DataSplit
 from weights import read_weights_file
 
@@ -123,7 +128,8 @@ class RunFolder:
         write_json(self.path / "class_indices.json", {str(i): name for i, name in enumerate(split.classes)})
         write_json(self.path / "split.json", split.to_json())
         figures.plot_class_distribution(split.classes, split.counts(split.train_labels),
-                                        split.counts(split.val_labels), self.path / "class_distribution.png")
+                                        split.counts(split.val_labels), self.path / "class_distribution.png",
+                                        split.counts(split.test_labels) if split.test_labels else None)
 
     def write_epoch(self, checkpoint: Mapping[str, Any], improved: bool, history: Sequence[Mapping[str, float]]) -> None:
         """best.pth (when improved), last.pth, metrics.csv, curves.png and TensorBoard scalars."""
@@ -137,9 +143,29 @@ class RunFolder:
         self._log_scalars(history[-1])
 
     def write_end(self, confusion: Any, classes: Sequence[str], best_epoch: int) -> None:
+        """The best epoch's validation confusion matrix, and its per-class table (per_class.csv)."""
         if self.writes:
             figures.plot_confusion_matrix(confusion, classes, self.path / "confusion_matrix.png",
                                           title=f"validation, best epoch {best_epoch}")
+            write_csv(self.path / "per_class.csv", metrics.table_rows(classes, confusion))
+
+    def write_review(self, split: DataSplit, device: Any = None) -> tuple[Path, Evaluation | None]:
+        """After the last epoch: best.pth's results on the test images (in test/, when there are any) and
+        report.html, which shows its mistakes on the validation images. Returns (report path, test results)."""
+        best = read_weights_file(self.path / "best.pth")
+        classifier = Classifier.from_weights(self.path / "best.pth", device=device)
+        test = None
+        if split.test_paths:
+            test = evaluate_images(classifier, split.test_paths, split.test_labels)
+            if test.results:
+                write_files(test, self.path / "test", "test set, best.pth")
+        validation = evaluate_images(classifier, split.val_paths, split.val_labels)
+        folders = presplit_folders(split.root) or {}
+        how = (f"as given by the {', '.join(name + '/' for name in folders)} folders" if "val" in folders else
+               f"at random (--val-rate, --seed){'; test/ as given' if split.test_paths else ''}")
+        data = {"data": os.path.abspath(split.root), "split": how,
+                "images": f"{split.describe()} in {len(split.classes)} classes"}
+        return html_report.write_run_report(self.path, best, data, validation, test, classifier), test
 
     def saved_so_far(self) -> str:
         if (self.path / "last.pth").is_file():

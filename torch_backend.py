@@ -11,7 +11,7 @@ import torch.nn.utils.fusion
 from PIL import Image
 from torch import nn
 
-from class_names import find_class_names, imagenet_class_names
+from class_names import find_class_names, imagenet_class_names, read_class_names
 from cli import UsageError
 from images import Preprocessing
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
@@ -109,7 +109,8 @@ def load(weights: str | os.PathLike, model_name: str = "b0", class_indices: str 
     loaded = read_weights_file(path)
     if is_checkpoint(loaded):
         model = model_from_checkpoint(loaded)
-        names = loaded.get("class_names") or [str(i) for i in range(model.num_classes)]
+        names = (loaded.get("class_names") or (read_class_names(class_indices) if class_indices else None)
+                 or [str(i) for i in range(model.num_classes)])  # numbered when nobody names them
         return TorchBackend(model, names, loaded.get("image"), device, precision, origin=str(path))
     names, names_origin = find_class_names(path, class_indices, _classifier_rows(loaded))
     model = create_model(model_name, num_classes=len(names))

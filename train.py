@@ -6,12 +6,14 @@
     torchrun --nproc_per_node=4 train.py ...              # one process per GPU (DistributedDataParallel)
 
 Each run writes one folder (runs/<time>-<variant>/) with last.pth, best.pth, metrics.csv, curves.png,
-confusion_matrix.png, class_distribution.png, class_indices.json, split.json and TensorBoard events.
+confusion_matrix.png, class_distribution.png, per_class.csv, report.html, class_indices.json, split.json,
+TensorBoard events, and test/ (the results on a pre-split dataset's test/ images).
 """
 import argparse
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ import utils
 from cli import UsageError, parse_bool, report
 from distributed import Distributed, barrier, broadcast_buffers, init_distributed, shutdown
 from download import DownloadError
+from evaluation import DEFAULT_TOP_K, Evaluation, describe
 from flower_photos import ensure_flower_photos
 from model import create_model
 from my_dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform
@@ -49,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lrf", type=float, default=0.01, help="final learning rate as a fraction of --lr, reached along a "
                                                  "cosine (default 0.01)")
     add("--data-path", default=None,
-        help=f"folder with one sub-folder of images per class (default {DEFAULT_DATA_PATH}, downloaded "
-             f"when missing; with --resume: where the run's images are now, if they moved)")
+        help=f"folder with one sub-folder of images per class, or with train/ and val/ (and test/) folders of "
+             f"those, a split used as given (default {DEFAULT_DATA_PATH}, downloaded when missing; with "
+             f"--resume: where the run's images are now, if they moved)")
     add("--model", default="b0", choices=list(VARIANTS), help="EfficientNet variant (default b0)")
     add("--weights", default="imagenet",
         help="initial weights: 'imagenet' (torchvision's, downloaded once), a .pth path (this project's "
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, default=None,
         help="data-loading processes (default: min(CPU cores, batch size, 8))")
     add("--seed", type=int, default=0, help="seed of the split, the initialisation and the augmentation")
-    add("--val-rate", type=float, default=0.2, help="fraction of each class held out for validation")
+    add("--val-rate", type=float, default=0.2,
+        help="fraction of each class held out for validation (default 0.2; not with a val/ folder)")
     add("--image-size", type=int, default=None,
         help="train and evaluation crop size (default: the variant's, from model.py); smaller is faster")
     add("--output-dir", default="runs", help="where run folders are created (default runs/)")
@@ -176,7 +181,8 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     ddp, device = init_distributed(args.device)
     if args.sync_bn and (device.type != "cuda" or not ddp.active):
         raise UsageError("--sync-bn needs CUDA processes under torchrun; leave it out here")
-    split = load_split(args, resumed, ddp)
+    chosen_val_rate = "val_rate" in given or args.val_rate != utils.DEFAULT_VAL_RATE  # an error if pre-split
+    split = load_split(args, resumed, ddp, args.val_rate if chosen_val_rate else None)
     raw_model = build_model(args, len(split.classes), resumed, ddp)
     model, eval_model = place_model(raw_model, args, device, ddp)
     optimizer = recipe.build_optimizer(raw_model, args)
@@ -189,9 +195,9 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         folder.write_start(split)
     run = Run(args, ddp, split, image_settings(args.model, args.image_size), model, raw_model, eval_model,
               optimizer, scheduler, settings, folder, progress)
-    log(ddp, f"{len(split.train_paths)} training and {len(split.val_paths)} validation images in "
-             f"{len(split.classes)} classes; efficientnet_{args.model} at {run.images['train_size']} px on "
-             f"{device}{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {folder.path}")
+    log(ddp, f"{split.describe()} in {len(split.classes)} classes; efficientnet_{args.model} at "
+             f"{run.images['train_size']} px on {device}"
+             f"{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {folder.path}")
     try:
         status = run_epochs(run)
     finally:
@@ -217,8 +223,10 @@ def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argpars
     return args, Resumed(checkpoint, folder, saved_split)
 
 
-def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distributed) -> DataSplit:
-    """The resumed run's split, or a new one of --data-path (the flower photos are downloaded if missing)."""
+def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distributed,
+               chosen_val_rate: float | None = None) -> DataSplit:
+    """The resumed run's split, or a new one of --data-path: its own train/ val/ test/ folders if it has them,
+    else at random (the flower photos are downloaded if missing)."""
     if resumed is not None:
         split = DataSplit.from_json(resumed.saved_split, args.data_path)
     else:
@@ -226,7 +234,7 @@ def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distribut
             if ddp.is_main:
                 ensure_flower_photos(args.data_path)
             barrier()
-        split = utils.read_split_data(args.data_path, args.val_rate, args.seed, report=ddp.is_main)
+        split = utils.read_data(args.data_path, chosen_val_rate, args.seed, report=ddp.is_main)
     classes = split.classes
     if args.num_classes is not None and args.num_classes != len(classes):
         raise UsageError(f"--num_classes {args.num_classes}, but {args.data_path} has {len(classes)} "
@@ -346,15 +354,25 @@ def checkpoint(run: Run, confusion: Any) -> dict[str, Any]:
 
 
 def finish(run: Run) -> None:
-    """The confusion matrix of the best epoch, and the per-class table."""
+    """The confusion matrix and per-class table of the best epoch, the test set's scores, and report.html."""
     progress, classes = run.progress, run.split.classes
     if not run.ddp.is_main or progress.best_confusion is None:
         return
     run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
     best = run.folder.path / "best.pth"
     print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
-          f"{metrics.class_table(classes, progress.best_confusion)}\n"
-          f"saved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
+          f"{metrics.class_table(classes, progress.best_confusion)}")
+    report, test = run.folder.write_review(run.split, run.settings.device)
+    if test is not None:
+        print_test_results(test, best)
+    print(f"report: {report}\nsaved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
+
+
+def print_test_results(test: Evaluation, best: Path) -> None:
+    for path, error in test.unreadable:
+        print(f"warning: unreadable test image {path}: {error}", file=sys.stderr)
+    if test.results:
+        print(f"test images with {best}: {describe(test, DEFAULT_TOP_K)}\n(per image in {best.parent / 'test'})")
 
 
 def log(ddp: Distributed, message: str) -> None:

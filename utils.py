@@ -6,7 +6,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,10 @@ from tqdm import tqdm
 
 from cli import UsageError
 from distributed import all_reduce_sum, true_on_every_process
-from images import IMAGE_EXTENSIONS, check_image_header, is_image_name
+from image_folders import ClassFolders, presplit_folders, scan_class_folders
+from images import IMAGE_EXTENSIONS
+
+DEFAULT_VAL_RATE = 0.2
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data on disk
@@ -23,7 +26,7 @@ from images import IMAGE_EXTENSIONS, check_image_header, is_image_name
 
 @dataclass
 class DataSplit:
-    """A stratified train/validation split of a class-per-folder tree."""
+    """Training, validation and (optionally) test images of a class-per-folder tree, with their labels."""
 
     root: str
     classes: list[str]
@@ -32,6 +35,8 @@ class DataSplit:
     val_paths: list[str] = field(default_factory=list)
     val_labels: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "path: reason" for each file left out
+    test_paths: list[str] = field(default_factory=list)  # from a pre-split dataset's test/ folder
+    test_labels: list[int] = field(default_factory=list)
 
     def counts(self, labels: Sequence[int]) -> list[int]:
         counts = [0] * len(self.classes)
@@ -39,65 +44,75 @@ class DataSplit:
             counts[label] += 1
         return counts
 
+    def describe(self) -> str:
+        """'240 training and 60 validation images', or '..., 60 validation and 50 test images'."""
+        train, val, test = len(self.train_paths), len(self.val_paths), len(self.test_paths)
+        if test:
+            return f"{train} training, {val} validation and {test} test images"
+        return f"{train} training and {val} validation images"
+
+    def parts(self) -> tuple[tuple[str, list[str], list[int]], ...]:
+        """("train" | "val" | "test", paths, labels) for each part of the split."""
+        return (("train", self.train_paths, self.train_labels), ("val", self.val_paths, self.val_labels),
+                ("test", self.test_paths, self.test_labels))
+
     def to_json(self) -> dict[str, Any]:
         """The split with paths relative to the data root, so a moved dataset still resumes."""
-        def relative(paths: list[str]) -> list[str]:
-            return [os.path.relpath(p, self.root) for p in paths]
-        return {"root": os.path.abspath(self.root), "classes": self.classes,
-                "train": [list(pair) for pair in zip(relative(self.train_paths), self.train_labels)],
-                "val": [list(pair) for pair in zip(relative(self.val_paths), self.val_labels)]}
+        saved: dict[str, Any] = {"root": os.path.abspath(self.root), "classes": self.classes}
+        for name, paths, labels in self.parts():
+            if name != "test" or paths:
+                saved[name] = [[os.path.relpath(p, self.root), label] for p, label in zip(paths, labels)]
+        return saved
 
     @classmethod
     def from_json(cls, saved: Mapping[str, Any], root: str) -> "DataSplit":
         split = cls(root=root, classes=list(saved["classes"]))
-        for name, paths, labels in (("train", split.train_paths, split.train_labels),
-                                    ("val", split.val_paths, split.val_labels)):
-            for relative, label in saved[name]:
+        for name, paths, labels in split.parts():
+            for relative, label in saved.get(name, []):
                 paths.append(os.path.join(root, relative))
                 labels.append(int(label))
-        missing = [p for p in split.train_paths + split.val_paths if not os.path.isfile(p)]
+        missing = [p for p in split.train_paths + split.val_paths + split.test_paths if not os.path.isfile(p)]
         if missing:
             raise UsageError(f"{len(missing)} images of the saved split are gone from {root} "
                              f"(first: {missing[0]}); restore them or start a new run")
         return split
 
 
-def read_split_data(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 0, report: bool = True) -> DataSplit:
-    """Split a class-per-folder tree into training and validation images.
-
-    Classes are the sub-folders of `root` (sorted; hidden ones ignored), images the files directly inside
-    them with an image extension, in any letter case. Each class is shuffled with `seed` on its own, and
-    round(n * val_rate) of its images, at least one when it has two or more, go to validation. Files whose
-    header cannot be read (empty, truncated before the header, not an image) are left out and listed in
-    `skipped`; deeper sub-folders and other files are ignored. Warnings go to stderr when `report`.
-    """
+def _warner(report: bool) -> Callable[[str], None]:
     def warn(message: str) -> None:
         if report:
             print(f"warning: {message}", file=sys.stderr)
+    return warn
 
-    root = os.fspath(root)
-    if not 0.0 < val_rate < 1.0:
-        raise UsageError(f"--val-rate {val_rate} must be between 0 and 1 (exclusive)")
+
+def _check_data_root(root: str) -> None:
     if not os.path.isdir(root):
         raise UsageError(f"data path {root} does not exist or is not a folder; give a folder with one "
                          f"sub-folder of images per class via --data-path")
-    class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    split = DataSplit(root=root, classes=[])
+
+
+def _no_classes(root: str) -> UsageError:
+    return UsageError(f"data path {root} holds no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
+                      f"expected {root}/<class name>/<image files>, or train/ and val/ folders of those")
+
+
+def _scan(root: str, warn: Callable[[str], None]) -> ClassFolders:
+    """The class folders of `root`, warning about unreadable files and folders without images."""
+    found = scan_class_folders(root)
+    for class_dir in found.empty:
+        warn(f"class folder {class_dir} holds no readable images; it is not a class")
+    for line in found.skipped:
+        warn(f"skipping unreadable image {line}")
+    return found
+
+
+def _random_split(split: DataSplit, found: ClassFolders, val_rate: float, seed: int,
+                  warn: Callable[[str], None]) -> None:
+    """Shuffle each class with `seed` on its own and hold out round(n * val_rate) of it (at least one of
+    two or more images) for validation; the classes are appended to `split.classes`."""
     rng = random.Random(seed)
-    for class_name in class_dirs:
-        class_dir = os.path.join(root, class_name)
-        names = sorted(e.name for e in os.scandir(class_dir) if e.is_file() and is_image_name(e.name))
-        paths = []
-        for name in names:
-            path = os.path.join(class_dir, name)
-            problem = check_image_header(path)
-            if problem:
-                split.skipped.append(f"{path}: {problem}")
-            else:
-                paths.append(path)
-        if not paths:
-            warn(f"class folder {class_dir} holds no readable images; it is not a class")
-            continue
+    for class_name, class_paths in found.images.items():
+        paths = list(class_paths)
         label = len(split.classes)
         split.classes.append(class_name)
         rng.shuffle(paths)
@@ -108,14 +123,89 @@ def read_split_data(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 
         split.val_labels += [label] * n_val
         split.train_paths += paths[n_val:]
         split.train_labels += [label] * (len(paths) - n_val)
-    for line in split.skipped:
-        warn(f"skipping unreadable image {line}")
+
+
+def read_split_data(root: str | os.PathLike, val_rate: float = DEFAULT_VAL_RATE, seed: int = 0,
+                    report: bool = True) -> DataSplit:
+    """Split a class-per-folder tree into training and validation images.
+
+    Classes are the sub-folders of `root` (sorted; hidden ones ignored), images the files directly inside
+    them with an image extension, in any letter case. Each class is shuffled with `seed` on its own, and
+    round(n * val_rate) of its images, at least one when it has two or more, go to validation. Files whose
+    header cannot be read (empty, truncated before the header, not an image) are left out and listed in
+    `skipped`; deeper sub-folders and other files are ignored. Warnings go to stderr when `report`.
+    """
+    root = os.fspath(root)
+    if not 0.0 < val_rate < 1.0:
+        raise UsageError(f"--val-rate {val_rate} must be between 0 and 1 (exclusive)")
+    _check_data_root(root)
+    found = _scan(root, _warner(report))
+    split = DataSplit(root=root, classes=[], skipped=found.skipped)
+    _random_split(split, found, val_rate, seed, _warner(report))
     if not split.classes:
-        raise UsageError(f"data path {root} holds no class folders with images "
-                         f"({', '.join(IMAGE_EXTENSIONS)}); expected {root}/<class name>/<image files>")
+        raise _no_classes(root)
     return split
 
 
+def read_presplit_data(root: str | os.PathLike, val_rate: float | None = None, seed: int = 0,
+                       report: bool = True) -> DataSplit:
+    """The split a pre-split dataset comes with: root/train/, root/val/ and root/test/ class folders.
+
+    The classes are train/'s; val/ and test/ may hold any of them (a class they do not know is an error).
+    Without val/, train/ is split at random as read_split_data does (`val_rate`, default 0.2); with val/,
+    `val_rate` must be None: the dataset's own validation set is used as it is.
+    """
+    root = os.fspath(root)
+    _check_data_root(root)
+    folders = presplit_folders(root)
+    if folders is None:
+        raise UsageError(f"{root} is not split into train/ and val/ (or test/) class folders")
+    if "val" in folders and val_rate is not None:
+        raise UsageError(f"--val-rate {val_rate}: {root} is split already (it has train/ and val/ folders), "
+                         f"so its val/ images are the validation set; leave --val-rate out")
+    warn = _warner(report)
+    train = _scan(folders["train"], warn)
+    split = DataSplit(root=root, classes=[], skipped=list(train.skipped))
+    if "val" in folders:
+        split.classes = train.classes
+        for class_name, paths in train.images.items():
+            split.train_paths += paths
+            split.train_labels += [split.classes.index(class_name)] * len(paths)
+    else:
+        _random_split(split, train, DEFAULT_VAL_RATE if val_rate is None else val_rate, seed, warn)
+    if not split.classes:
+        raise _no_classes(folders["train"])
+    for name, paths, labels in split.parts()[1:]:
+        if name in folders:
+            _add_presplit_part(split, folders[name], paths, labels, warn)
+    return split
+
+
+def _add_presplit_part(split: DataSplit, folder: str, paths: list[str], labels: list[int],
+                       warn: Callable[[str], None]) -> None:
+    found = _scan(folder, warn)
+    unknown = [name for name in found.classes if name not in split.classes]
+    if unknown:
+        raise UsageError(f"{os.path.join(folder, unknown[0])}: class '{unknown[0]}' has no folder in "
+                         f"{os.path.join(split.root, 'train')}; add its training images there or remove it")
+    if not found.count:
+        raise UsageError(f"{folder} holds no class folders with images; fill it, or remove it")
+    split.skipped += found.skipped
+    for class_name, class_paths in found.images.items():
+        paths += class_paths
+        labels += [split.classes.index(class_name)] * len(class_paths)
+
+
+def read_data(root: str | os.PathLike, val_rate: float | None = None, seed: int = 0,
+              report: bool = True) -> DataSplit:
+    """A pre-split dataset's own split (read_presplit_data), else a random one (read_split_data); `val_rate`
+    None means the user did not choose one."""
+    if os.path.isdir(root) and presplit_folders(root) is not None:
+        return read_presplit_data(root, val_rate, seed, report)
+    return read_split_data(root, DEFAULT_VAL_RATE if val_rate is None else val_rate, seed, report)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------------------------
 # Training and evaluation
 

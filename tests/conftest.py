@@ -87,6 +87,16 @@ def train_args(data: Path, runs: Path, *extra: str) -> list[str]:
             *extra]
 
 
+def assert_usage_error(main: object, argv: list[str], capsys: pytest.CaptureFixture, *fragments: str) -> None:
+    """`main(argv)` exits 2 with exactly one `error:` line, holding every fragment, and no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder of train.py: 5 epochs from scratch on three visibly different classes (~15 s)."""

@@ -1,0 +1,146 @@
+"""Score a trained EfficientNet on a labelled folder of photos: accuracy, top-k accuracy, per-class scores.
+
+    python evaluate.py my_test_set                                     # newest runs/*/best.pth
+    python evaluate.py my_test_set --weights runs/20261128-101500-b0/best.pth --json scores.json --report report.html
+    python evaluate.py my_test_set --weights model-29.pth --model b0 --class-indices class_indices.json
+
+DIR holds one folder of photos per class, DIR/<class name>/<images>, named as the model's classes (any of
+them; a folder the model does not know is an error). Writes, into --output-dir (default
+evaluations/<DIR name>/): predictions.csv (every photo: path, true, predicted, confidence, correct,
+true_rank), per_class.csv and confusion_matrix.png. Unreadable photos are listed and left out.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cli import UsageError, report
+from evaluation import DEFAULT_TOP_K, Evaluation, describe, evaluate_images, write_files
+from files import write_json
+from image_folders import ClassFolders, presplit_folders, scan_class_folders
+from images import IMAGE_EXTENSIONS
+from inference import DEFAULT_RUNS_DIR, Classifier
+from variants import variant_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
+    add("--weights", default=None,
+        help=f"checkpoint or state_dict to evaluate (default: the newest {DEFAULT_RUNS_DIR}/*/best.pth); "
+             f"'imagenet' for torchvision's ImageNet weights")
+    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints of this project "
+                                      "record their own")
+    add("--class-indices", default=None,
+        help="class names for weights without their own (default: class_indices.json beside the weights, "
+             "else here)")
+    add("--top-k", type=int, default=DEFAULT_TOP_K,
+        help=f"also count a photo right when its class is among the top k (default {DEFAULT_TOP_K})")
+    add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
+    add("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    add("--output-dir", default=None,
+        help="where predictions.csv, per_class.csv and confusion_matrix.png go (default evaluations/<DIR name>/)")
+    add("--json", default=None, metavar="FILE", help="also write every score and the confusion matrix as JSON")
+    add("--report", default=None, metavar="FILE",
+        help="also write a self-contained HTML report (scores, confusion matrix, misclassified photos with "
+             "Grad-CAM), to open in a browser")
+    return parser
+
+
+def class_folders(directory: str) -> ClassFolders:
+    """DIR's class folders, or a UsageError saying what is wrong with DIR."""
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory} does not exist or is not a folder; give a folder with one sub-folder of "
+                         f"photos per class")
+    found = scan_class_folders(directory, check_headers=False)  # an unreadable photo is listed when scored
+    if found.images:
+        return found
+    if presplit_folders(directory):
+        hint = f"it is split into {', '.join(sorted(presplit_folders(directory)))}: evaluate one of them, " \
+               f"such as {os.path.join(directory, 'test')}"
+    elif found.loose_images:
+        hint = f"its photos are not sorted into class folders: put them in {directory}/<class name>/"
+    else:
+        hint = f"expected {directory}/<class name>/<photos> ({', '.join(IMAGE_EXTENSIONS)})"
+    raise UsageError(f"{directory} holds no class folders with photos; {hint}")
+
+
+def shown_names(names: list[str], limit: int = 50) -> str:
+    """The first `limit` class names, and how many there are when that is not all of them."""
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def labelled_images(found: ClassFolders, classifier: Classifier, weights: str) -> tuple[list[str], list[int]]:
+    """Every photo of DIR with its class's index among the model's classes."""
+    names = classifier.class_names
+    unknown = [name for name in found.classes if name not in names]
+    if unknown and names == [str(i) for i in range(len(names))]:
+        raise UsageError(f"{weights} carries no class names (its {len(names)} classes are numbered 0 ... "
+                         f"{len(names) - 1}), so {found.root}'s folders cannot be matched; pass --class-indices FILE")
+    if unknown:
+        shown = shown_names(names, 10)
+        folders = f"these folders: {', '.join(unknown)}" if len(unknown) > 1 else "the folder"
+        raise UsageError(f"{os.path.join(found.root, unknown[0])}: '{unknown[0]}' is not a class of {weights} "
+                         f"({shown}); rename or remove {folders}")
+    paths, labels = [], []
+    for class_name, class_paths in found.images.items():
+        paths += class_paths
+        labels += [names.index(class_name)] * len(class_paths)
+    return paths, labels
+
+
+def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: Classifier) -> list[Path]:
+    """predictions.csv, per_class.csv and confusion_matrix.png, and the --json and --report files."""
+    output_dir = Path(args.output_dir or Path("evaluations") / Path(os.path.abspath(args.directory)).name)
+    written = write_files(evaluation, output_dir, f"{Path(args.directory).name}, {len(evaluation.results)} photos")
+    weights = classifier.backend.origin
+    if args.json:
+        write_json(args.json, {"weights": weights, "directory": args.directory,
+                               "predictions": str(written[0]), **evaluation.scores(args.top_k)})
+        written.append(Path(args.json))
+    if args.report:
+        import html_report
+
+        preprocessing = classifier.preprocessing
+        settings = {"evaluated": f"{weights} on {args.directory}", "backend": classifier.backend.name,
+                    "photos": os.path.abspath(args.directory),
+                    "model classes": shown_names(classifier.class_names),
+                    "preprocessing": f"resize {preprocessing.resize}, centre crop {preprocessing.crop}, "
+                                     f"{preprocessing.interpolation}",
+                    "per photo": str(written[0])}
+        title = f"Evaluation on {Path(os.path.abspath(args.directory)).name}"
+        written.append(html_report.write_evaluation_report(args.report, title, settings, evaluation, args.top_k,
+                                                           written[2], classifier))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        return report("--top-k and --batch-size must be at least 1")
+    try:
+        found = class_folders(args.directory)
+        classifier = Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices, args.device)
+        paths, labels = labelled_images(found, classifier, classifier.backend.origin)
+    except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
+        return report(str(error))
+    evaluation = evaluate_images(classifier, paths, labels, args.batch_size)
+    for path, error in evaluation.unreadable:
+        print(f"warning: unreadable photo left out: {path}: {error}", file=sys.stderr)
+    if not evaluation.results:
+        return report(f"{args.directory}: none of its {len(paths)} photos could be read (see the warnings above)")
+    try:
+        written = write_outputs(evaluation, args, classifier)
+    except OSError as error:  # an unwritable --output-dir, --json or --report
+        return report(f"{error.filename or 'a file'}: {error.strerror or error}; choose another place", status=1)
+    print(f"{classifier.backend.origin} on {args.directory}: {describe(evaluation, args.top_k)}")
+    if evaluation.unreadable:
+        count = len(evaluation.unreadable)
+        print(f"left out {count} unreadable photo{'s' if count > 1 else ''} (listed above)")
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
