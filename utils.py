@@ -47,6 +47,24 @@ class DataSplit:
                 "train": [list(pair) for pair in zip(relative(self.train_paths), self.train_labels)],
                 "val": [list(pair) for pair in zip(relative(self.val_paths), self.val_labels)]}
 
+    @staticmethod
+    def json_problem(saved: Any) -> str | None:
+        """What is wrong with a loaded split.json (hand-edited or damaged), or None if from_json can read it."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("classes"), list):
+            return "no list of 'classes'"
+        classes = saved["classes"]
+        if len(classes) < 2 or not all(isinstance(name, str) for name in classes):
+            return "'classes' must name two or more classes"
+        if not isinstance(saved.get("root", ""), str):
+            return "'root' is not a folder name"
+        for part in ("train", "val"):
+            pairs = saved.get(part)
+            if not isinstance(pairs, list) or not all(
+                    isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                    and type(pair[1]) is int and 0 <= pair[1] < len(classes) for pair in pairs):
+                return f"'{part}' must list [image path, class index] pairs"
+        return None
+
     @classmethod
     def from_json(cls, saved: Mapping[str, Any], root: str) -> "DataSplit":
         split = cls(root=root, classes=list(saved["classes"]))
@@ -113,6 +131,9 @@ def read_split_data(root: str | os.PathLike, val_rate: float = 0.2, seed: int = 
     if not split.classes:
         raise UsageError(f"data path {root} holds no class folders with images "
                          f"({', '.join(IMAGE_EXTENSIONS)}); expected {root}/<class name>/<image files>")
+    if len(split.classes) == 1:  # it would "learn" to always answer that class, with accuracy 1.0
+        raise UsageError(f"data path {root} holds images of one class only ({split.classes[0]}); a classifier "
+                         f"needs two or more class folders, each with its images")
     return split
 
 
