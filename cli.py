@@ -1,6 +1,8 @@
-"""What the command-line programs share: the usage error they report in one line, and yes/no flags."""
+"""What the command-line programs share: the usage error they report in one line, yes/no and variant flags."""
 import argparse
 import sys
+
+from variants import variant_name
 
 
 class UsageError(Exception):
@@ -15,6 +17,14 @@ def parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_variant(text: str) -> str:
+    """argparse type for --model: 'b3', 'B3' or 'efficientnet_b3' all mean b3."""
+    try:
+        return variant_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def report(message: str, status: int = 2) -> int:

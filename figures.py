@@ -1,5 +1,6 @@
 """Figures, written headlessly as PNG files: learning curves, confusion matrix, class distribution, and a
 photo with its top classes (and Grad-CAM overlay)."""
+import io
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -7,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from files import atomic_path
+from files import write_bytes
 
 
 def pyplot(headless: bool = True) -> Any:
@@ -23,9 +24,11 @@ def pyplot(headless: bool = True) -> Any:
 
 
 def _save_figure(figure: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+    """Render to memory first, so that a full disk is reported with the space the PNG needs."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     pyplot().close(figure)
+    write_bytes(path, buffer.getvalue())
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:

@@ -19,6 +19,7 @@ from PIL import ExifTags, Image, ImageOps
 from variants import MEAN, STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_ASPECT_RATIO = 50  # wider than any panorama; at 50:1 a 600 px evaluation resize is still only 54 MB
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -28,14 +29,44 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+class UnsupportedImageError(ValueError):
+    """An image file that opens but that we will not decode: its pixels or shape are out of bounds."""
+
+
+def check_shape(image: Image.Image) -> None:
+    """Refuse an image whose sides are more than MAX_ASPECT_RATIO apart, from its size alone: a 20000 x 1
+    strip is a few bytes on disk, but resized to the evaluation size its long side becomes millions of pixels."""
+    width, height = image.size
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise UnsupportedImageError(f"{width} x {height} pixels: one side is more than {MAX_ASPECT_RATIO} times "
+                                    f"the other; crop it to the subject first")
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image lazily (header only), refusing decompression bombs instead of only warning."""
+    """Open an image lazily (header only), checking its size before anything is decoded.
+
+    Over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS, 89 million), a JPEG is set to decode at the reduced
+    scale that fits (1/2 ... 1/8, done by the JPEG decoder); any other image is refused, as is one with a
+    far-fetched aspect ratio (check_shape). Pillow itself refuses anything over twice its limit.
+    """
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(path)
-        except Image.DecompressionBombWarning as warning:
-            raise Image.DecompressionBombError(str(warning)) from None
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is enforced below
+        image = Image.open(path)
+    try:
+        check_shape(image)
+        limit = Image.MAX_IMAGE_PIXELS
+        width, height = image.size
+        if limit and width * height > limit:
+            reduction = next((r for r in (2, 4, 8) if -(-width // r) * -(-height // r) <= limit), None)
+            if image.format != "JPEG" or reduction is None:
+                raise Image.DecompressionBombError(
+                    f"{width} x {height} = {width * height:,} pixels, over the limit of {limit:,} "
+                    f"(PIL.Image.MAX_IMAGE_PIXELS); scale it down first")
+            image.draft(None, (width // reduction, height // reduction))
+    except BaseException:
+        image.close()
+        raise
+    return image
 
 
 def check_image_header(path: str) -> str | None:
@@ -77,11 +108,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale: scale, don't clip
         values = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":  # 32-bit float grayscale: Pillow would clip 0 ... 1 to black
+        image = Image.fromarray(_float_to_8_bit(np.asarray(image, dtype=np.float64)), "L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _float_to_8_bit(values: np.ndarray) -> np.ndarray:
+    """Float pixels in 0 ... 1 (the convention of float image files) to 0 ... 255; anything else is refused,
+    since its scale cannot be known."""
+    if not np.isfinite(values).all():
+        raise UnsupportedImageError("32-bit float pixels that are not numbers (NaN or infinite); save it as "
+                                    "an 8- or 16-bit image")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise UnsupportedImageError(f"32-bit float pixels from {values.min():g} to {values.max():g}, not within "
+                                    f"0 ... 1; save it as an 8- or 16-bit image")
+    return np.round(values * 255.0).astype(np.uint8)
 
 
 def normalize(image: Image.Image, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
@@ -105,6 +150,7 @@ class Preprocessing:
 
     def view(self, image: Image.Image) -> Image.Image:
         """The RGB crop the network sees, before normalisation."""
+        check_shape(image)  # also for images handed over already opened
         if self.reduced_decode:
             reduce_jpeg_decode(image, min(oriented_size(image)) / self.resize)
         image = to_rgb(image)

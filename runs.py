@@ -6,7 +6,8 @@
 | last.pth (every epoch), best.pth (when validation improves), metrics.csv, curves.png, TensorBoard events | after each epoch |
 | confusion_matrix.png, per_class.csv, report.html, test/ (a test set's results, by best.pth) | when the run ends |
 
-Every file is written atomically (files.py), so a run killed at any moment resumes from its last epoch.
+Every file is written atomically (files.py), so a run killed at any moment resumes from its last epoch, and
+a full disk stops the run with one line saying which checkpoint is intact and how to continue from it.
 """
 import argparse
 import datetime
@@ -14,7 +15,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import figures
 import html_report
@@ -22,11 +23,12 @@ import metrics
 from cli import UsageError
 from distributed import Distributed, broadcast_object
 from evaluation import Evaluation, evaluate_images, write_files
-from files import save_checkpoint, write_csv, write_json
+from files import NoSpaceError, save_checkpoint, serialized_size, write_csv, write_json
 from image_folders import presplit_folders
 from inference import Classifier
 from utils import DataSplit
-from weights import read_weights_file
+from variants import VARIANTS
+from weights import WeightsError, checkpoint_header, read_weights_file
 
 # settings that may differ when a run is resumed: where and how fast it runs, not what it computes
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
@@ -42,17 +44,79 @@ def find_resume_checkpoint(resume: str) -> Path:
     if path.is_dir():
         path = path / "last.pth"
     if not path.is_file():
-        raise UsageError(f"--resume {resume}: no {path}; give a run folder or its last.pth (a run stopped "
-                         f"during its first epoch has none: start it again)")
+        is_run_folder = (path.parent / "split.json").is_file()
+        hint = continue_hint(path.parent) if is_run_folder else "give a run folder or its last.pth"
+        raise UsageError(f"--resume {resume}: no {path}; {hint}")
     return path
 
 
+def continue_hint(run_dir: Path, broken: Path | None = None) -> str:
+    """Which checkpoint of the run is intact (other than `broken`), and the command that continues from it."""
+    for name in ("last.pth", "best.pth"):
+        path = run_dir / name
+        epoch = None if path == broken else saved_epoch(path)
+        if epoch is None:
+            continue
+        if name == "last.pth":
+            return f"{path} (epoch {epoch}) is intact: continue with python train.py --resume {run_dir}"
+        return (f"{path} (epoch {epoch}) is intact: continue from it with python train.py --resume {path} "
+                f"(the epochs after {epoch} are trained again)")
+    return "no epoch of this run was saved: start it again"
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint of a run holds, or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = read_weights_file(path)
+    except WeightsError:
+        return None
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What a resumed run reads from its checkpoint besides the model's own fields (weights.checkpoint_header).
+TRAINING_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (_whole_number, "a whole number"),
+    "best_epoch": (_whole_number, "a whole number"),
+    "best_acc": (lambda value: isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
+    "history": (lambda value: isinstance(value, list), "a list"),
+    "args": (lambda value: isinstance(value, dict), "the run's settings"),
+    "args.epochs": (_whole_number, "a whole number"),
+    "args.data_path": (lambda value: isinstance(value, str), "a folder"),
+    "args.model": (lambda value: value in VARIANTS, "one of " + ", ".join(VARIANTS)),
+}
+
+
+def training_field_problem(checkpoint: Mapping[str, Any]) -> str | None:
+    """What is wrong with the training fields of a (possibly hand-edited) checkpoint, or None."""
+    for name, (valid, expected) in TRAINING_FIELDS.items():
+        parent, _, key = name.rpartition(".")
+        value = (checkpoint[parent] if parent else checkpoint).get(key)
+        if not valid(value):
+            return f"checkpoint field '{name}' is {value!r:.60}, expected {expected}"
+    return None
+
+
 def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    checkpoint = read_weights_file(path)
+    """The checkpoint to continue from, with every field the resumed run reads checked (one clear error)."""
+    try:
+        checkpoint = read_weights_file(path, remedy="")
+    except WeightsError as error:
+        raise UsageError(f"--resume: {error}; {continue_hint(path.parent, broken=path)}") from None
     needed = ("args", "optimizer", "scheduler", "epoch", "history")
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
         raise UsageError(f"--resume {path}: not a training checkpoint of this project (no optimizer or "
                          f"schedule state); to start from its weights use --weights {path}")
+    checkpoint_header(checkpoint, str(path))  # the fields that describe the model
+    problem = training_field_problem(checkpoint)
+    if problem:
+        raise UsageError(f"--resume {path}: {problem}; {continue_hint(path.parent, broken=path)}")
     if not (path.parent / "split.json").is_file():
         raise UsageError(f"--resume {path}: {path.parent / 'split.json'} is missing, so the run's "
                          f"train/validation split is unknown; start a new run with --weights {path}")
@@ -60,16 +124,28 @@ def read_resume_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def read_saved_split(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "split.json").read_text())
+    """The run's split.json, checked: a damaged file is one clear error, not a traceback."""
+    path = run_dir / "split.json"
+    try:
+        saved = json.loads(path.read_bytes())
+    except ValueError as error:  # invalid JSON or text that is not UTF-8
+        problem = f"not valid JSON: {error}"
+    else:
+        problem = DataSplit.json_problem(saved)
+    if problem:
+        raise UsageError(f"--resume: {path} is damaged ({problem}), so the run's train/validation split is "
+                         f"unknown; restore the file, or start a new run from its weights with --weights "
+                         f"{run_dir / 'last.pth'}")
+    return saved
 
 
 def resumed_args(args: argparse.Namespace, saved: Mapping[str, Any], given: set[str]) -> argparse.Namespace:
     """The run's saved settings, with this invocation's machine settings; warns about flags left unused."""
-    merged = dict(saved)
+    merged = {**vars(args), **saved}  # a setting the run never saved (a newer flag) takes this invocation's
     for key in MACHINE_SETTINGS:
         merged[key] = getattr(args, key)
-    ignored = [f"--{key.replace('_', '-')}" for key in sorted(given)
-               if key not in MACHINE_SETTINGS and key != "data_path" and getattr(args, key) != saved.get(key)]
+    ignored = [f"--{key.replace('_', '-')}" for key in sorted(given) if key in saved
+               and key not in MACHINE_SETTINGS and key != "data_path" and getattr(args, key) != saved[key]]
     if ignored and int(os.environ.get("RANK", "0")) == 0:
         print(f"note: a resumed run keeps its own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
     return argparse.Namespace(**merged)
@@ -135,11 +211,16 @@ class RunFolder:
         """best.pth (when improved), last.pth, metrics.csv, curves.png and TensorBoard scalars."""
         if not self.writes:
             return
-        if improved:
-            save_checkpoint(checkpoint, self.path / "best.pth")
-        save_checkpoint(checkpoint, self.path / "last.pth")
-        write_csv(self.path / "metrics.csv", history)
-        figures.plot_curves(history, self.path / "curves.png")
+        try:  # best.pth first: last.pth, the one --resume reads, is never ahead of it
+            if improved:
+                save_checkpoint(checkpoint, self.path / "best.pth")
+            save_checkpoint(checkpoint, self.path / "last.pth")
+            write_csv(self.path / "metrics.csv", history)
+            figures.plot_curves(history, self.path / "curves.png")
+        except NoSpaceError as error:  # say how much the run needs, what survived, and how to go on
+            peak = 3 * serialized_size(dict(checkpoint))  # best.pth, last.pth and the new one before it replaces either
+            raise NoSpaceError(error.errno, f"{error.strerror} (the run's checkpoints need {peak / 1e6:.1f} MB in "
+                                            f"all); {continue_hint(self.path)}", error.filename) from None
         self._log_scalars(history[-1])
 
     def write_end(self, confusion: Any, classes: Sequence[str], best_epoch: int) -> None:
@@ -174,8 +255,11 @@ class RunFolder:
 
     def best_confusion(self) -> Any:
         """The confusion matrix saved with best.pth, or None."""
-        best = self.path / "best.pth"
-        return read_weights_file(best).get("confusion") if best.is_file() else None
+        try:
+            best = read_weights_file(self.path / "best.pth")
+            return best.get("confusion") if isinstance(best, dict) else None
+        except WeightsError:  # missing or damaged: the run goes on, without the final confusion matrix
+            return None
 
     def _log_scalars(self, row: Mapping[str, float]) -> None:
         if self._tensorboard is None:

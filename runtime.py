@@ -31,9 +31,17 @@ def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
     return applied
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: fewer than the machine has under taskset, cpusets or a container's
+    CPU list (the count DataLoader checks its workers against)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def default_workers(batch_size: int) -> int:
-    """Data-loading processes: one per CPU core, at most the batch size and 8 (0 for batch 1)."""
-    return min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, 8)
+    """Data-loading processes: one per usable CPU, at most the batch size and 8 (0 for batch 1)."""
+    return min(usable_cpus(), batch_size if batch_size > 1 else 0, 8)
 
 
 def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:

@@ -16,7 +16,8 @@ from cli import UsageError
 from images import Preprocessing
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
 from variants import image_settings
-from weights import WeightsError, is_checkpoint, load_weights, read_weights_file
+from runtime import resolve_device
+from weights import WeightsError, checkpoint_header, is_checkpoint, load_weights, read_weights_file
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -51,7 +52,7 @@ class TorchBackend:
             raise UsageError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
         if precision not in PRECISIONS:
             raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(str(device) if device else None)  # refuses meta, absent GPUs, ...
         self.model = model.eval().to(self.device)
         self.fast_model = fuse_batchnorm(self.model).to(memory_format=torch.channels_last)
         self.class_names = list(class_names)
@@ -108,10 +109,11 @@ def load(weights: str | os.PathLike, model_name: str = "b0", class_indices: str 
     path = Path(weights)
     loaded = read_weights_file(path)
     if is_checkpoint(loaded):
+        header = checkpoint_header(loaded, str(path))  # a hand-edited field is named here, with the file
         model = model_from_checkpoint(loaded)
-        names = (loaded.get("class_names") or (read_class_names(class_indices) if class_indices else None)
+        names = (header.class_names or (read_class_names(class_indices) if class_indices else None)
                  or [str(i) for i in range(model.num_classes)])  # numbered when nobody names them
-        return TorchBackend(model, names, loaded.get("image"), device, precision, origin=str(path))
+        return TorchBackend(model, names, header.image, device, precision, origin=str(path))
     names, names_origin = find_class_names(path, class_indices, _classifier_rows(loaded))
     model = create_model(model_name, num_classes=len(names))
     try:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 import metrics
 import recipe
 import utils
-from cli import UsageError, parse_bool, report
+from cli import UsageError, parse_bool, parse_variant, report
 from distributed import Distributed, barrier, broadcast_buffers, init_distributed, shutdown
 from download import DownloadError
 from evaluation import DEFAULT_TOP_K, Evaluation, describe
@@ -34,7 +34,7 @@ from runs import RunFolder, find_resume_checkpoint, read_resume_checkpoint, read
     resumed_data_root
 from runtime import default_workers, keep_freed_memory_for_reuse
 from utils import DataSplit
-from variants import VARIANTS, image_settings
+from variants import image_settings
 from weights import WeightsError, checkpoint_fields, load_weights
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"folder with one sub-folder of images per class, or with train/ and val/ (and test/) folders of "
              f"those, a split used as given (default {DEFAULT_DATA_PATH}, downloaded when missing; with "
              f"--resume: where the run's images are now, if they moved)")
-    add("--model", default="b0", choices=list(VARIANTS), help="EfficientNet variant (default b0)")
+    add("--model", default="b0", type=parse_variant, metavar="{b0,...,b7}",
+        help="EfficientNet variant, in any letter case (default b0)")
     add("--weights", default="imagenet",
         help="initial weights: 'imagenet' (torchvision's, downloaded once), a .pth path (this project's "
              "checkpoint, a tutorial or torchvision state_dict), or 'none' to train from scratch")
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
              "(default true, as in the tutorial; '--freeze-layers false' trains everything)")
     add("--device", default=None, help="'cuda', 'cuda:1', 'cpu', ... (default: the first CUDA device, else CPU)")
     add("--workers", type=int, default=None,
-        help="data-loading processes (default: min(CPU cores, batch size, 8))")
+        help="data-loading processes (default: min(CPUs this process may use, batch size, 8))")
     add("--seed", type=int, default=0, help="seed of the split, the initialisation and the augmentation")
     add("--val-rate", type=float, default=0.2,
         help="fraction of each class held out for validation (default 0.2; not with a val/ folder)")
@@ -100,6 +101,7 @@ def check_args(args: argparse.Namespace) -> None:
         (not 0 < args.val_rate < 1, f"--val-rate {args.val_rate}: hold out a fraction between 0 and 1"),
         (args.workers is not None and args.workers < 0, f"--workers {args.workers}: use 0 or more"),
         (args.image_size is not None and args.image_size < 32, f"--image-size {args.image_size}: use 32 or more"),
+        (not 0 <= args.seed < 2**32, f"--seed {args.seed}: use a whole number from 0 to {2**32 - 1}"),
     ]
     for failed, message in problems:
         if failed:
@@ -386,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
     try:
         return train(args, given)
+    except KeyboardInterrupt:  # during the set-up; the epochs handle their own Ctrl-C
+        return report("interrupted before the first epoch; nothing was trained, so there is nothing to resume",
+                      status=130)
     except (UsageError, WeightsError, DownloadError) as error:
         return report(str(error))
     except OSError as error:  # a full disk or a folder we may not write: nothing saved so far is lost

@@ -64,6 +64,24 @@ class DataSplit:
                 saved[name] = [[os.path.relpath(p, self.root), label] for p, label in zip(paths, labels)]
         return saved
 
+    @staticmethod
+    def json_problem(saved: Any) -> str | None:
+        """What is wrong with a loaded split.json (hand-edited or damaged), or None if from_json can read it."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("classes"), list):
+            return "no list of 'classes'"
+        classes = saved["classes"]
+        if len(classes) < 2 or not all(isinstance(name, str) for name in classes):
+            return "'classes' must name two or more classes"
+        if not isinstance(saved.get("root", ""), str):
+            return "'root' is not a folder name"
+        for part in ("train", "val"):
+            pairs = saved.get(part)
+            if not isinstance(pairs, list) or not all(
+                    isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                    and type(pair[1]) is int and 0 <= pair[1] < len(classes) for pair in pairs):
+                return f"'{part}' must list [image path, class index] pairs"
+        return None
+
     @classmethod
     def from_json(cls, saved: Mapping[str, Any], root: str) -> "DataSplit":
         split = cls(root=root, classes=list(saved["classes"]))
@@ -91,9 +109,15 @@ def _check_data_root(root: str) -> None:
                          f"sub-folder of images per class via --data-path")
 
 
-def _no_classes(root: str) -> UsageError:
-    return UsageError(f"data path {root} holds no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
-                      f"expected {root}/<class name>/<image files>, or train/ and val/ folders of those")
+def _check_classes(classes: list[str], root: str) -> None:
+    """A classifier needs two classes or more: refuse none, and refuse one (it would "learn" to always
+    answer that class, with accuracy 1.0)."""
+    if not classes:
+        raise UsageError(f"data path {root} holds no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
+                         f"expected {root}/<class name>/<image files>, or train/ and val/ folders of those")
+    if len(classes) == 1:
+        raise UsageError(f"data path {root} holds images of one class only ({classes[0]}); a classifier "
+                         f"needs two or more class folders, each with its images")
 
 
 def _scan(root: str, warn: Callable[[str], None]) -> ClassFolders:
@@ -142,8 +166,7 @@ def read_split_data(root: str | os.PathLike, val_rate: float = DEFAULT_VAL_RATE,
     found = _scan(root, _warner(report))
     split = DataSplit(root=root, classes=[], skipped=found.skipped)
     _random_split(split, found, val_rate, seed, _warner(report))
-    if not split.classes:
-        raise _no_classes(root)
+    _check_classes(split.classes, root)
     return split
 
 
@@ -173,8 +196,7 @@ def read_presplit_data(root: str | os.PathLike, val_rate: float | None = None, s
             split.train_labels += [split.classes.index(class_name)] * len(paths)
     else:
         _random_split(split, train, DEFAULT_VAL_RATE if val_rate is None else val_rate, seed, warn)
-    if not split.classes:
-        raise _no_classes(folders["train"])
+    _check_classes(split.classes, folders["train"])
     for name, paths, labels in split.parts()[1:]:
         if name in folders:
             _add_presplit_part(split, folders[name], paths, labels, warn)
@@ -205,7 +227,6 @@ def read_data(root: str | os.PathLike, val_rate: float | None = None, seed: int 
     return read_split_data(root, DEFAULT_VAL_RATE if val_rate is None else val_rate, seed, report)
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------------------------
 # Training and evaluation
 

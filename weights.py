@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from download import DownloadError, download_file
+from images import INTERPOLATIONS
 from variants import BASELINE_STAGES, TUTORIAL_BN_EPS, VARIANTS, _make_divisible, head_channels, stage_repeats, \
     variant_name
 
@@ -32,24 +33,26 @@ class WeightsError(ValueError):
 # Reading files and fetching ImageNet weights
 
 
-def read_weights_file(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True, turning every failure into a one-line WeightsError."""
+def read_weights_file(path: str | os.PathLike, remedy: str = "re-download or re-save it") -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line WeightsError; `remedy` says
+    what to do about an unreadable file ("" to leave it to the caller)."""
     if not os.path.exists(path):
         raise WeightsError(f"weights file {path} does not exist; check the path")
     if os.path.isdir(path):
         raise WeightsError(f"weights path {path} is a folder; give the .pth file inside it")
     unreadable = (f"{path} is not a readable PyTorch weights file (corrupt, truncated or another format")
+    remedy = f"; {remedy}" if remedy else ""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # weights_only refuses any global it does not know: name the one that would have been imported
         blocked = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line.upper()), None)
         if blocked is None:
-            raise WeightsError(f"{unreadable}); re-download or re-save it") from None
+            raise WeightsError(f"{unreadable}){remedy}") from None
         raise WeightsError(f"{path} holds Python objects beyond tensors, which could run code when loaded; "
                            f"refusing it ({blocked[:160]}). Re-save it as a plain state_dict") from None
     except Exception as error:  # zip, EOF and unpickling errors all mean the same thing to a user
-        raise WeightsError(f"{unreadable}: {type(error).__name__}); re-download or re-save it") from None
+        raise WeightsError(f"{unreadable}: {type(error).__name__}){remedy}") from None
 
 
 def imagenet_weights_url(variant: str) -> str:
@@ -128,10 +131,22 @@ def checkpoint_header(checkpoint: Mapping[str, Any], origin: str) -> CheckpointH
                               or not all(isinstance(n, str) for n in names)):
         raise bad("class_names", f"a list of {num_classes} names")
     image = checkpoint.get("image")
-    if image is not None and (not isinstance(image, Mapping) or not all(
-            isinstance(image.get(key), kind) for key, kind in IMAGE_FIELDS.items())):
-        raise bad("image", "the evaluation sizes " + ", ".join(IMAGE_FIELDS))
+    if image is not None and not _valid_image_settings(image):
+        raise bad("image", "the evaluation settings " + ", ".join(IMAGE_FIELDS) + " (sizes in pixels, "
+                  f"interpolation {' or '.join(INTERPOLATIONS)}; mean and std three numbers each, if given)")
     return CheckpointHeader(variant, num_classes, float(bn_eps), names, dict(image) if image else None)
+
+
+def _valid_image_settings(image: Any) -> bool:
+    def numbers(value: Any) -> bool:
+        return isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+    return (isinstance(image, Mapping)
+            and all(isinstance(image.get(key), kind) and not isinstance(image.get(key), bool)
+                    for key, kind in IMAGE_FIELDS.items())
+            and image["eval_resize"] > 0 and image["eval_crop"] > 0 and image["interpolation"] in INTERPOLATIONS
+            and all(numbers(image[key]) for key in ("mean", "std") if key in image))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,406 @@
+"""What a careless or hostile user does to train.py and the layers below it (issue 15): a full disk, one
+class, float TIFFs, damaged split.json and checkpoints, absurd seeds, devices and image shapes, Ctrl-C early."""
+import dataclasses
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+import files
+import figures
+import images
+import model as M
+import predict
+import runtime
+import train
+import utils
+import weights as W
+from cli import UsageError
+from conftest import train_args
+from imagegen import make_class_folders
+from inference import Classifier
+from my_dataset import EvalTransform, MyDataSet, TrainTransform
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def fails_with(main, argv: list[str], capsys, *fragments: str, status: int = 2) -> str:
+    assert main(argv) == status
+    line = one_error_line(capsys.readouterr().err)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+# --- 1. a full disk -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 40 MiB tmpfs (we run as root); skips where mounting is not allowed."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and the mount command")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_space(small_disk, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    # frozen layers: checkpoints of ~18 MB, so epoch 1 (best.pth + last.pth) fits in 40 MiB and epoch 2 cannot
+    args = train_args(data, small_disk, "--epochs", "2", "--freeze-layers", "true", "--name", "full")
+    line = fails_with(train.main, args, capsys, f"{small_disk / 'full'}: no space left for", "MB are free",
+                      f"last.pth (epoch 1) is intact: continue with python train.py --resume {small_disk / 'full'}",
+                      status=1)
+    assert "free at least" in line and "the run's checkpoints need" in line
+    run = small_disk / "full"
+    assert load(run / "last.pth")["epoch"] == 1  # the previous checkpoint survived
+    assert not list(run.glob(".*.tmp"))  # and no half-written file takes the space
+
+    subprocess.run(["mount", "-o", "remount,size=120m", str(small_disk)], check=True)  # space is freed
+    assert train.main(["--resume", str(run), "--progress", "false"]) == 0
+    assert load(run / "last.pth")["epoch"] == 2 and (run / "confusion_matrix.png").is_file()
+
+
+@pytest.fixture
+def disk_full_at_fsync(monkeypatch):
+    """Simulate a full disk: fsync reports ENOSPC (as file systems with delayed allocation do) and the disk
+    reports 1 kB free. Call the returned function to start failing; undo with the returned `stop`."""
+    real_fsync, real_usage = os.fsync, shutil.disk_usage
+    state = {"full": False}
+
+    def fsync(descriptor):
+        if state["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(descriptor)
+
+    def disk_usage(path):
+        usage = real_usage(path)
+        return usage._replace(free=1000) if state["full"] else usage
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    return state
+
+
+WRITERS = {
+    "checkpoint": (lambda path: files.save_checkpoint({"w": torch.ones(50_000)}, path), "last.pth"),
+    "json": (lambda path: files.write_json(path, {"classes": ["a"] * 30_000}), "split.json"),
+    "csv": (lambda path: files.write_csv(path, [{"epoch": i, "val_acc": 0.5} for i in range(10_000)]),
+            "metrics.csv"),
+    "figure": (lambda path: figures.plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5,
+                                                  "val_acc": 0.5, "lr": 0.01}], path), "curves.png"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_every_file_write_reports_a_full_disk_and_keeps_the_old_file(kind, tmp_path, disk_full_at_fsync):
+    write, name = WRITERS[kind]
+    target = tmp_path / name
+    target.write_bytes(b"the previous version")
+    disk_full_at_fsync["full"] = True
+    with pytest.raises(files.NoSpaceError) as caught:
+        write(target)
+    assert caught.value.filename == str(tmp_path)
+    assert caught.value.strerror.startswith(f"no space left for {name}: it needs ")
+    assert "and 1.0 kB are free; free at least" in caught.value.strerror
+    assert target.read_bytes() == b"the previous version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
+
+
+def test_torch_save_failing_for_space_is_told_apart_from_other_failures(tmp_path, monkeypatch):
+    # torch.save reports a full disk as a RuntimeError without errno: the free space decides
+    def failing_save(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(files.torch, "save", failing_save)
+    with pytest.raises(RuntimeError, match="unexpected pos") as caught:  # plenty of space: not a full disk
+        files.save_checkpoint({"w": torch.ones(10)}, tmp_path / "last.pth")
+    assert not isinstance(caught.value, files.NoSpaceError)
+    monkeypatch.setattr(files, "serialized_size", lambda value: shutil.disk_usage(tmp_path).free + 10**6)
+    with pytest.raises(files.NoSpaceError, match="no space left for last.pth"):
+        files.save_checkpoint({"w": torch.ones(10)}, tmp_path / "last.pth")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_simulated_full_disk_mid_run_keeps_the_checkpoint_and_resumes(tmp_path, monkeypatch, capsys,
+                                                                         disk_full_at_fsync):
+    real_evaluate = utils.evaluate
+    calls = []
+
+    def evaluate_then_fill_the_disk(*args, **kwargs):
+        calls.append(1)
+        disk_full_at_fsync["full"] = len(calls) == 2  # the disk fills up during epoch 2
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_fill_the_disk)
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    run = tmp_path / "runs" / "sim"
+    args = train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "sim", "--model", "B0")  # any case
+    fails_with(train.main, args, capsys, f"{run}: no space left for", "1.0 kB are free",
+               f"continue with python train.py --resume {run}", status=1)
+    assert load(run / "last.pth")["epoch"] == 1 and load(run / "last.pth")["variant"] == "b0"
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header and epoch 1
+
+    disk_full_at_fsync["full"] = False
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    assert train.main(["--resume", str(run), "--progress", "false"]) == 0
+    assert load(run / "last.pth")["epoch"] == 2
+    assert [row.split(",")[0] for row in (run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+# --- 2. one class; 7. the seed --------------------------------------------------------------------------------
+
+
+def test_a_single_class_is_refused_before_any_work(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    shutil.rmtree(data / "green")
+    for path in (data / "blue").iterdir():  # a class whose images are all unreadable is no class either
+        path.write_bytes(b"not an image")
+    fails_with(train.main, train_args(data, tmp_path / "runs"), capsys, "one class only (red)", "two or more")
+    assert not (tmp_path / "runs").exists()
+    shutil.rmtree(data / "blue")
+    fails_with(train.main, train_args(data, tmp_path / "runs"), capsys, "one class only (red)")
+
+
+@pytest.mark.parametrize("seed", ["100000000000000", "-1", str(2**32)])
+def test_an_impossible_seed_is_refused_before_anything_is_written(seed, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    fails_with(train.main, train_args(data, tmp_path / "runs", "--seed", seed), capsys,
+               f"--seed {seed}: use a whole number from 0 to 4294967295")
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 5. float TIFFs; pixel and shape caps ---------------------------------------------------------------------
+
+
+def float_tiff(path: Path, high: float = 1.0) -> Path:
+    """A 32-bit float grayscale TIFF: a left-to-right ramp from 0 to `high`."""
+    Image.fromarray(np.tile(np.linspace(0, high, 96, dtype=np.float32), (80, 1))).save(path)
+    return path
+
+
+def test_float_tiffs_in_0_to_1_are_scaled_not_black(tmp_path):
+    path = float_tiff(tmp_path / "scan.tif")
+    assert images.open_image(path).mode == "F"
+    rgb = np.asarray(images.to_rgb(images.open_image(path)))
+    assert rgb.shape == (80, 96, 3) and rgb[:, 0].max() == 0 and rgb[:, -1].min() == 255
+    assert abs(rgb.mean() - 127.5) < 1
+    for transform in (TrainTransform(64), EvalTransform(73, 64)):  # training and prediction see the ramp
+        tensor = transform(images.open_image(path))
+        assert tensor.shape == (3, 64, 64) and tensor.std() > 0.5
+    sixteen = tmp_path / "sixteen.png"  # 16-bit keeps its scaling
+    Image.fromarray((np.linspace(0, 65535, 96 * 80).reshape(80, 96)).astype(np.uint16)).save(sixteen)
+    assert np.asarray(images.to_rgb(images.open_image(sixteen))).max() == 255
+
+
+def test_float_tiffs_of_unknown_scale_are_refused_by_path(tmp_path, capsys):
+    path = float_tiff(tmp_path / "raw.tif", high=4000.0)
+    assert MyDataSet([str(path)], [0], EvalTransform(73, 64))[0] is None
+    assert f"skipping unreadable image {path} (UnsupportedImageError: 32-bit float pixels from 0 to 4000, " \
+           f"not within 0 ... 1" in capsys.readouterr().err
+
+
+def test_extreme_aspect_ratios_are_refused_before_decoding(tmp_path, monkeypatch, capsys):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (20000, 1), (200, 30, 30)).save(strip)
+    assert strip.stat().st_size < 200
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(images.UnsupportedImageError, match="20000 x 1 pixels: one side is more than 50 times"):
+        images.open_image(strip)
+    assert "UnsupportedImageError: 20000 x 1 pixels" in images.check_image_header(str(strip))
+    assert MyDataSet([str(strip)], [0], EvalTransform(73, 64))[0] is None
+    assert f"skipping unreadable image {strip} (UnsupportedImageError: 20000 x 1" in capsys.readouterr().err
+    with pytest.raises(images.UnsupportedImageError):  # an image handed over already opened, too
+        images.Preprocessing(73, 64).view(Image.new("RGB", (1, 60)))
+
+
+def test_the_split_leaves_out_a_strip_by_path(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    Image.new("RGB", (20000, 1)).save(data / "red" / "strip.png")
+    split = utils.read_split_data(data)
+    assert str(data / "red" / "strip.png") not in split.train_paths + split.val_paths
+    assert f"skipping unreadable image {data / 'red' / 'strip.png'}: UnsupportedImageError" in capsys.readouterr().err
+
+
+def test_over_the_pixel_limit_a_jpeg_is_decoded_reduced_and_others_refused(tmp_path, monkeypatch):
+    photo = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "big.jpg")
+    Image.fromarray(photo).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 90 x 70 = 6,300 pixels is over it now
+    with images.open_image(tmp_path / "big.jpg") as opened:
+        assert images.to_rgb(opened).size == (45, 35)  # decoded at 1/2 scale, within the limit
+    assert EvalTransform(40, 32)(images.open_image(tmp_path / "big.jpg")).shape == (3, 32, 32)
+    with pytest.raises(Image.DecompressionBombError, match="90 x 70 = 6,300 pixels, over the limit of 4,000"):
+        images.open_image(tmp_path / "big.png")
+
+
+# --- 6. a damaged split.json; resume messages; hand-edited checkpoints ----------------------------------------
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A copy of the shared trained run (5 epochs), free to be damaged."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"classes": ["blue", "green", "red"], "train": [["x.jpg", 0]', "not valid JSON"),
+    (b"\xff\xfe not text", "not valid JSON"),
+    ('["a", "list"]', "no list of 'classes'"),
+    ('{"classes": ["blue", "green", "red"], "train": [["x.jpg", 7]], "val": []}', "'train' must list"),
+])
+def test_a_damaged_split_json_is_one_clear_line(content, problem, run_copy, capsys):
+    split = run_copy / "split.json"
+    split.write_bytes(content if isinstance(content, bytes) else content.encode())
+    fails_with(train.main, ["--resume", str(run_copy)], capsys, f"{split} is damaged ({problem}",
+               f"--weights {run_copy / 'last.pth'}")
+
+
+def test_a_missing_last_checkpoint_points_to_an_intact_best_one_that_resumes(tmp_path, monkeypatch, capsys):
+    real_evaluate = utils.evaluate
+    calls = []
+
+    def evaluate_worse_in_epoch_2(*args, **kwargs):  # so that best.pth stays at epoch 1
+        calls.append(1)
+        result = real_evaluate(*args, **kwargs)
+        return dataclasses.replace(result, accuracy=-0.5) if len(calls) == 2 else result
+
+    monkeypatch.setattr(utils, "evaluate", evaluate_worse_in_epoch_2)
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "r")) == 0
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    run = tmp_path / "runs" / "r"
+    assert load(run / "best.pth")["epoch"] == 1
+    (run / "last.pth").unlink()
+    capsys.readouterr()
+    fails_with(train.main, ["--resume", str(run)], capsys, f"no {run / 'last.pth'}",
+               f"{run / 'best.pth'} (epoch 1) is intact", f"python train.py --resume {run / 'best.pth'}")
+    assert train.main(["--resume", str(run / "best.pth"), "--progress", "false"]) == 0  # the advice works
+    assert load(run / "last.pth")["epoch"] == 2
+
+
+def test_a_corrupt_last_checkpoint_points_to_an_intact_best_one(run_copy, capsys):
+    best_epoch = load(run_copy / "best.pth")["epoch"]
+    whole = (run_copy / "last.pth").read_bytes()
+    (run_copy / "last.pth").write_bytes(whole[: len(whole) // 2])
+    line = fails_with(train.main, ["--resume", str(run_copy)], capsys, "last.pth is not a readable",
+                      f"{run_copy / 'best.pth'} (epoch {best_epoch}) is intact")
+    assert "re-download" not in line
+    (run_copy / "best.pth").unlink()
+    fails_with(train.main, ["--resume", str(run_copy)], capsys, "no epoch of this run was saved: start it again")
+
+
+HAND_EDITS = {
+    "no variant": (lambda c: c.pop("variant"), "field 'variant' is None"),
+    "partial image": (lambda c: c.update(image={"eval_resize": 73}), "field 'image' is {'eval_resize': 73}"),
+    "num_classes five": (lambda c: c.update(num_classes="five"), "field 'num_classes' is 'five'"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(HAND_EDITS))
+def test_hand_edited_checkpoints_are_one_clear_line_everywhere(edit, run_copy, tmp_path, capsys):
+    change, named = HAND_EDITS[edit]
+    for name in ("best.pth", "last.pth"):
+        checkpoint = load(run_copy / name)
+        change(checkpoint)
+        torch.save(checkpoint, run_copy / name)
+    best = run_copy / "best.pth"
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    fails_with(predict.main, [str(data / "red" / "000.jpg"), "--weights", str(best)], capsys, str(best), named)
+    args = train_args(data, tmp_path / "runs")
+    args[args.index("--weights") + 1] = str(best)
+    fails_with(train.main, args, capsys, str(best), named)
+    fails_with(train.main, ["--resume", str(run_copy)], capsys, str(run_copy / "last.pth"), named)
+    with pytest.raises(W.WeightsError, match=named):
+        M.model_from_checkpoint(best)
+
+
+def test_hand_edited_training_fields_are_one_clear_line(run_copy, capsys):
+    checkpoint = load(run_copy / "last.pth")
+    checkpoint["epoch"] = "3"
+    del checkpoint["args"]["epochs"]
+    torch.save(checkpoint, run_copy / "last.pth")
+    fails_with(train.main, ["--resume", str(run_copy)], capsys, "field 'epoch' is '3', expected a whole number",
+               "best.pth (epoch")
+    checkpoint["epoch"] = 3
+    torch.save(checkpoint, run_copy / "last.pth")
+    fails_with(train.main, ["--resume", str(run_copy)], capsys, "field 'args.epochs' is None")
+
+
+# --- devices, variants, workers, Ctrl-C -----------------------------------------------------------------------
+
+
+def test_the_meta_device_is_refused_in_one_line(trained_run, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    fails_with(predict.main, [str(data / "red" / "000.jpg"), "--weights", str(trained_run / "best.pth"),
+                              "--device", "meta"], capsys, "--device meta: only cpu, cuda and mps")
+    fails_with(train.main, train_args(data, tmp_path / "runs", "--device", "meta"), capsys, "--device meta")
+    with pytest.raises(UsageError, match="--device meta"):
+        Classifier(M.efficientnet_b0(num_classes=3), device="meta")
+
+
+def test_model_names_in_any_case(capsys):
+    parse = train.build_parser().parse_args
+    assert [parse(["--model", name]).model for name in ("B0", "b3", "EfficientNet_B7")] == ["b0", "b3", "b7"]
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--model", "b9"])
+    assert exit_info.value.code == 2 and "unknown EfficientNet variant 'b9'" in capsys.readouterr().err
+
+
+def test_default_workers_count_only_the_cpus_this_process_may_use():
+    # one usable CPU, as under `taskset -c 0` or a one-CPU container: one worker, and no DataLoader warning
+    code = ("import os, warnings, torch.utils.data as D, runtime\n"
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "workers = runtime.default_workers(16)\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    D.DataLoader(range(4), num_workers=workers).check_worker_number_rationality()\n"
+            "print(workers, len(caught))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["1", "0"], result.stderr
+    assert runtime.usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_ctrl_c_before_the_first_epoch_is_one_line_and_exit_130(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    code = ("import sys, utils, train\n"
+            "def interrupted(*args, **kwargs):\n"
+            "    raise KeyboardInterrupt  # Ctrl-C while the images are being listed\n"
+            "utils.read_split_data = interrupted\n"
+            f"sys.exit(train.main({train_args(data, tmp_path / 'runs')!r}))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 130
+    assert one_error_line(result.stderr) == ("error: interrupted before the first epoch; nothing was trained, so "
+                                             "there is nothing to resume")
