@@ -183,6 +183,22 @@ def test_grad_cam_returns_an_overlay_of_the_top_class(server, classifier, flower
     assert two.status_code == 400 and "too many files" in two.json()["error"]
 
 
+def test_grad_cam_sees_exactly_the_input_the_prediction_saw(classifier, flowers_mini, monkeypatch):
+    """The map explains the class shown beside it: Grad-CAM runs on the prediction's own input (the view the
+    network saw, normalised), not on that view resized and cropped a second time, which changed the top
+    class of 23 of the 300 photos."""
+    import torch
+
+    model = classifier.backend.model
+    seen = []
+    forward_features = model.forward_features
+    monkeypatch.setattr(model, "forward_features", lambda x: seen.append(x.detach().clone()) or forward_features(x))
+    for photo in photos(flowers_mini, 3):
+        _, _, target = classifier.grad_cam(photo)
+        assert torch.equal(seen.pop()[0], torch.from_numpy(classifier.preprocess(photo)))
+        assert classifier.class_names[target] == classifier.predict([photo])[0].ranked[0][0]
+
+
 class ProbabilitiesOnly:
     """A backend that only answers probabilities, as ONNX Runtime's does: it has no gradients for Grad-CAM."""
 
