@@ -3,6 +3,7 @@
     python benchmark.py                       # CPU, B0, every section (a few minutes on 2 cores)
     python benchmark.py --device cuda         # the same on a GPU (adds timm when it is installed)
     python benchmark.py --sections inference training --rounds 3
+    python benchmark.py --sections api        # app.py's HTTP API, 1 and 8 clients (benchmark_api.py)
 
 Both models get the same weights, input, thread count and batch; measurements alternate between them
 round by round and the median is reported, so drift on a shared machine hits both alike. The reference
@@ -41,7 +42,7 @@ from my_dataset import EvalTransform, TrainTransform, open_image
 from runtime import keep_freed_memory_for_reuse
 
 SHARED_PHOTOS = Path(__file__).resolve().parent.parent / "shared" / "data" / "flower_photos_mini"
-SECTIONS = ("inference", "training", "memory", "data", "agreement")
+SECTIONS = ("inference", "training", "memory", "data", "agreement", "api")
 
 
 def make_large_jpeg(path: str | Path, size: tuple[int, int] = (4032, 3024), sources: Sequence[str] = (),
@@ -380,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += data_rows(photos, args.rounds)
         else:
             print(f"(data pipeline skipped: no photos under {args.photos})")
-    print(format_rows(rows))
+    if rows:
+        print(format_rows(rows))
     if "agreement" in args.sections:
         weights = args.agreement_weights
         if weights is None:
@@ -391,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nbfloat16 vs float32 top-1 agreement with {name}: {share:.2%} of {count} photos")
         else:
             print("\n(bfloat16 agreement skipped: needs --agreement-weights and photos)")
+    if "api" in args.sections:  # app.py's HTTP API: batching on and off, 1 and 8 clients (benchmark_api.py)
+        import benchmark_api
+
+        print("\n" + benchmark_api.api_section(args.variant, photos, args.rounds, args.threads))
     return 0
 
 

@@ -102,8 +102,7 @@ def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str,
     axes[0].imshow(view)
     axes[0].set_title(title)
     if cam is not None:
-        axes[1].imshow(view)
-        axes[1].imshow(np.asarray(cam), cmap="jet", alpha=0.45)
+        axes[1].imshow(cam_overlay(view, cam))
         axes[1].set_title(f"Grad-CAM: {ranked[0][0]}")
     for axis in axes[: panels - 1]:
         axis.axis("off")
@@ -119,11 +118,12 @@ def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str,
     plt.close(figure)
 
 
-def grad_cam_overlay(view: Image.Image, cam: "np.ndarray", alpha: float = 0.45) -> Image.Image:
-    """The photo with its Grad-CAM heat map (values in [0, 1], the photo's size) blended over it in the jet
-    colour map, as the --cam figures of predict.py show it."""
-    from matplotlib import colormaps
+def cam_overlay(view: Image.Image, cam: "np.ndarray", opacity: float = 0.45) -> Image.Image:
+    """The photo with its Grad-CAM heat map (values in [0, 1], the photo's size) blended over it in jet colours:
+    red where the network looked most."""
+    from matplotlib import colormaps  # the colour maps alone, without pyplot
 
-    heat = colormaps["jet"](np.clip(np.asarray(cam, dtype=np.float64), 0, 1))[..., :3] * 255
-    blended = (1 - alpha) * np.asarray(view.convert("RGB"), dtype=np.float64) + alpha * heat
-    return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), "RGB")
+    heat = colormaps["jet"](np.clip(np.asarray(cam, dtype=np.float32), 0, 1))[..., :3]
+    photo = np.asarray(view.convert("RGB"), dtype=np.float32) / 255
+    blended = (1 - opacity) * photo + opacity * heat
+    return Image.fromarray(np.round(blended * 255).astype(np.uint8), "RGB")

@@ -124,7 +124,7 @@ def grad_cam_image(classifier: Any, path: str) -> Image.Image:
     import figures  # matplotlib's colour map
 
     view, cam, _ = classifier.grad_cam(path)
-    return figures.grad_cam_overlay(view, cam)
+    return figures.cam_overlay(view, cam)
 
 
 def _picture(make: Any, alt: str) -> str:

@@ -13,7 +13,7 @@ from torch import nn
 
 from class_names import find_class_names, imagenet_class_names, read_class_names
 from cli import UsageError
-from images import Preprocessing
+from images import Preprocessing, normalize
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
 from variants import image_settings
 from runtime import resolve_device
@@ -75,7 +75,9 @@ class TorchBackend:
     def grad_cam(self, source: "str | os.PathLike | Image.Image") -> tuple[Image.Image, np.ndarray, int]:
         """Grad-CAM of the top class: (the network's view of the photo, heat map in [0, 1] at that size, class)."""
         view = self.preprocessing.load_view(source)
-        x = torch.from_numpy(self.preprocessing.array(view)).unsqueeze(0).to(self.device)
+        # the view is already resized and cropped: only normalise it (array() would resize and crop it again)
+        x = torch.from_numpy(normalize(view, self.preprocessing.mean, self.preprocessing.std)).unsqueeze(0)
+        x = x.to(self.device)
         with torch.enable_grad():
             features = self.model.forward_features(x)  # (1, C, h, w)
             logits = self.model.forward_head(features)

@@ -1,0 +1,361 @@
+"""A local web page and HTTP API for a trained EfficientNet.
+
+    python app.py                                      # the newest runs/*/best.pth on http://127.0.0.1:8000
+    python app.py --weights runs/20261128-101500-b0/best.pth --port 8080
+    curl -F file=@rose.jpg -F file=@tulip.jpg "http://127.0.0.1:8000/predict?top_k=3"
+
+GET / is the page: drop photos on it, see their top classes, ask for a Grad-CAM map. POST /predict and
+POST /gradcam take photos as multipart field `file`; GET /model describes the model; GET /health answers 200
+while the server can classify; /docs and /openapi.json are FastAPI's API documentation. Uploads are decoded
+in a pool of threads and scored in batches by the one thread that owns the model (batching.py), so the
+event loop never waits for either. Errors come back as JSON {"error": "..."} with a 4xx status.
+"""
+import argparse
+import asyncio
+import base64
+import functools
+import io
+import os
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from batching import BatchWorker, QueueFull
+from cli import UsageError, report
+from inference import DEFAULT_RUNS_DIR, Classifier, newest_checkpoint
+from variants import variant_name
+
+WEB = Path(__file__).resolve().parent / "web"
+# The page loads nothing from elsewhere; photos are shown from blob: URLs, Grad-CAM maps from data: URLs.
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_upload_bytes: int = 50 * MiB  # a whole request body, all its files together
+    max_files: int = 32
+    top_k: int = 5  # classes per photo when the request does not say
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+
+
+class Service:
+    """The model and what feeds it: a pool of threads decoding uploads, the batching model thread, and, when
+    the main backend has no gradients, a PyTorch classifier of the same weights opened for Grad-CAM."""
+
+    def __init__(self, classifier: Classifier, open_torch: Callable[[], Classifier], limits: Limits,
+                 max_batch: int = 32, wait_s: float = 0.005, decode_threads: int | None = None) -> None:
+        self.classifier = classifier
+        self.limits = limits
+        self._open_torch = open_torch
+        self._torch: Classifier | None = None  # touched on the model thread only
+        self.worker = BatchWorker(classifier.probabilities, max_batch, wait_s)
+        self.decoder = ThreadPoolExecutor(decode_threads or min(8, os.cpu_count() or 1), thread_name_prefix="decode")
+
+    def describe(self) -> dict[str, Any]:
+        backend = self.classifier.backend
+        return {"variant": getattr(backend, "variant", None), "backend": backend.name, "origin": backend.origin,
+                "classes": self.classifier.class_names, "image_size": self.classifier.preprocessing.crop,
+                "top_k": min(self.limits.top_k, len(self.classifier.class_names)),
+                "max_files": self.limits.max_files, "max_upload_bytes": self.limits.max_upload_bytes}
+
+    async def predict(self, uploads: list[Upload], top_k: int) -> list[dict[str, Any]]:
+        """Each upload's name and top-k classes, in the order sent; any unreadable upload fails the request."""
+        loop = asyncio.get_running_loop()
+        arrays = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.classifier.preprocess,
+                                                             io.BytesIO(upload.data)) for upload in uploads),
+                                      return_exceptions=True)
+        failures = [decode_error(upload.name, array) for upload, array in zip(uploads, arrays)
+                    if isinstance(array, BaseException)]
+        if failures:
+            raise HTTPException(max(status for status, _ in failures), "; ".join(text for _, text in failures))
+        futures = []
+        try:
+            for array in arrays:
+                futures.append(asyncio.wrap_future(self.worker.submit(array)))
+        except QueueFull as error:
+            for future in futures:
+                future.cancel()
+            raise busy(error) from None
+        rows = await asyncio.gather(*futures)
+        return [{"file": upload.name, "predictions": [{"class": name, "probability": round(probability, 6)}
+                                                      for name, probability in self.classifier.rank(row, top_k)]}
+                for upload, row in zip(uploads, rows)]
+
+    async def grad_cam(self, upload: Upload) -> dict[str, Any]:
+        """Where the network looked for its top class: the crop it saw with the heat map over it, as a PNG."""
+        try:
+            view, cam, target = await asyncio.wrap_future(self.worker.call(functools.partial(self._cam, upload.data)))
+        except QueueFull as error:
+            raise busy(error) from None
+        except GradCamUnavailable as error:
+            raise HTTPException(503, str(error)) from None
+        except (OSError, Image.DecompressionBombError) as error:  # the upload, not the model
+            raise HTTPException(*decode_error(upload.name, error)) from None
+        png = await asyncio.get_running_loop().run_in_executor(self.decoder, overlay_png, view, cam)
+        return {"file": upload.name, "class": self.classifier.class_names[target],
+                "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+
+    def _cam(self, data: bytes) -> tuple[Image.Image, Any, int]:
+        """On the model thread: Grad-CAM, through a PyTorch classifier opened on first use if need be."""
+        if self._torch is None and hasattr(self.classifier.backend, "grad_cam"):
+            self._torch = self.classifier
+        elif self._torch is None:
+            try:
+                self._torch = self._open_torch()
+            except Exception as error:  # tried again on the next request
+                raise GradCamUnavailable(f"Grad-CAM needs the PyTorch model of these weights, which could not be "
+                                         f"opened ({type(error).__name__}: {error})") from error
+        return self._torch.grad_cam(io.BytesIO(data))
+
+    def close(self) -> None:
+        self.worker.close()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+
+
+class GradCamUnavailable(Exception):
+    """The served backend has no gradients and a PyTorch model of the same weights could not be opened."""
+
+
+def busy(error: QueueFull) -> HTTPException:
+    return HTTPException(503, f"busy: {error}; retry in a moment", headers={"Retry-After": "1"})
+
+
+def decode_error(name: str, error: BaseException) -> tuple[int, str]:
+    """(HTTP status, message) for an upload that could not be turned into the network's input."""
+    if isinstance(error, Image.DecompressionBombError):
+        return 413, f"{name}: image too large ({error})"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return 400, f"{name}: not an image (Pillow cannot identify its format)"
+    return 400, f"{name}: cannot decode the image ({type(error).__name__}: {error})"
+
+
+def overlay_png(view: Image.Image, cam: Any) -> bytes:
+    import figures  # matplotlib's colour maps, loaded on the first Grad-CAM request only
+
+    buffer = io.BytesIO()
+    figures.cam_overlay(view, cam).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def read_uploads(request: Request, files: list[UploadFile], limits: Limits, most: int) -> list[Upload]:
+    """The uploaded files of field `file`, checked: at least one, at most `most`, none empty."""
+    if not files:
+        fields = sorted(set((await request.form()).keys()))
+        got = f" (the request has {', '.join(repr(f) for f in fields)})" if fields else ""
+        raise HTTPException(400, f"no photo in the request: send it as multipart/form-data field 'file'{got}")
+    if len(files) > most:
+        raise HTTPException(400, f"too many files: {len(files)} in one request, at most {most}; "
+                                 f"send them in several requests")
+    uploads = [Upload(file.filename or f"file {index + 1}", await file.read()) for index, file in enumerate(files)]
+    empty = [upload.name for upload in uploads if not upload.data]
+    if empty:
+        raise HTTPException(400, f"{', '.join(empty)}: empty upload")
+    return uploads
+
+
+router = APIRouter()
+FILE_FIELD = File([], description="one or more photos (JPEG, PNG, WebP, BMP, TIFF, ...)")
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(WEB / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+@router.get("/health", summary="200 while the model is loaded and its thread runs, with batching statistics")
+async def health(request: Request) -> dict[str, Any]:
+    worker = request.app.state.service.worker
+    if not worker.alive:
+        raise HTTPException(503, "the model thread has stopped; restart the server")
+    return {"status": "ok", **asdict(worker.stats)}
+
+
+@router.get("/model", summary="The loaded model: variant, classes, backend, where it came from, request limits")
+async def model(request: Request) -> dict[str, Any]:
+    return request.app.state.service.describe()
+
+
+@router.post("/predict", summary="Top-k classes of each uploaded photo, most likely first")
+async def predict(request: Request, file: list[UploadFile] = FILE_FIELD,
+                  top_k: int | None = Query(None, ge=1, description="classes per photo (default: the server's "
+                                                                     "--top-k)")) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    uploads = await read_uploads(request, file, service.limits, service.limits.max_files)
+    return {"results": await service.predict(uploads, top_k or service.limits.top_k)}
+
+
+@router.post("/gradcam", summary="Grad-CAM map of one photo's top class, as a PNG data URL")
+async def gradcam(request: Request, file: list[UploadFile] = FILE_FIELD) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    uploads = await read_uploads(request, file, service.limits, 1)
+    return await service.grad_cam(uploads[0])
+
+
+class UploadLimit:
+    """Refuses a request body over `max_bytes` before reading it whole: at once when its Content-Length says
+    so, else (a chunked upload) as soon as the bytes received pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def message(self, size: int | None) -> str:
+        sent = f"{size:,} bytes; the limit is" if size is not None else "more than the limit of"
+        return f"upload too large: {sent} {self.max_bytes:,} bytes (--max-upload-mb {self.max_bytes / MiB:g} on the server)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = Headers(scope=scope).get("content-length", "") if scope["type"] == "http" else ""
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"error": self.message(int(declared))}, 413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self.message(None), headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted if scope["type"] == "http" else receive, send)
+
+
+async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": error.detail}, error.status_code, headers=error.headers)
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    problems = [f"{'.'.join(str(part) for part in problem['loc'][1:]) or problem['loc'][0]}: {problem['msg']}"
+                for problem in error.errors()]
+    return JSONResponse({"error": "; ".join(problems)}, 422)
+
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"the model failed on this request ({type(error).__name__}: {error})"}, 500)
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application around a Service; it closes the service when the server stops."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title="EfficientNet classifier", summary=service.classifier.backend.origin, lifespan=lifespan)
+    app.state.service = service
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
+    app.add_middleware(UploadLimit, max_bytes=service.limits.max_upload_bytes)
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--weights", default=None,
+        help=f"checkpoint or state_dict to serve (default: the newest {DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' "
+             f"for torchvision's ImageNet weights")
+    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints record their own")
+    add("--class-indices", default=None,
+        help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
+    add("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                                            "0.0.0.0 lets other machines in)")
+    add("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    add("--top-k", type=int, default=5, help="classes per photo when a request does not say (default 5)")
+    add("--max-upload-mb", type=float, default=50, help="largest request body, all files together (default 50)")
+    add("--max-files", type=int, default=32, help="most photos in one request (default 32)")
+    add("--max-batch", type=int, default=32, help="most photos the model runs at once (default 32)")
+    add("--batch-wait-ms", type=float, default=5,
+        help="how long a photo waits for others to share its batch when the model is idle (default 5)")
+    add("--log-level", default="info", choices=("warning", "info", "debug"),
+        help="server log: info shows every request (default info)")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numbers given, if anything."""
+    for flag in ("top_k", "max_files", "max_batch"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be at least 1"
+    if not 0 <= args.port <= 65535:
+        return f"--port {args.port}: choose a port from 0 to 65535"
+    if args.max_upload_mb <= 0 or args.batch_wait_ms < 0:
+        return "--max-upload-mb must be positive and --batch-wait-ms at least 0"
+    return None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, before the slow model loading, so a busy port is reported at once."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --port "
+                         f"or --host") from None
+    sock.listen(128)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = check_arguments(args)
+    if problem:
+        return report(problem)
+    try:
+        sock = listening_socket(args.host, args.port)
+        weights = args.weights if args.weights is not None else newest_checkpoint()
+        # One opener for the served model and for a Grad-CAM model of the same weights.
+        open_classifier = functools.partial(Classifier.from_weights, weights, variant_name(args.model),
+                                            args.class_indices, args.device)
+        classifier = open_classifier()
+    except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
+        return report(str(error))
+    if classifier.backend.name == "torch":
+        from runtime import keep_freed_memory_for_reuse
+
+        keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
+    limits = Limits(int(args.max_upload_mb * MiB), args.max_files, args.top_k)
+    service = Service(classifier, open_classifier, limits, args.max_batch, args.batch_wait_ms / 1000)
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"Serving {classifier.backend.origin} ({len(classifier.class_names)} classes, {classifier.backend.name}) "
+          f"on http://{url_host}:{port}/ ; Ctrl-C stops", flush=True)
+    if args.host not in LOOPBACK:
+        print(f"note: listening on {args.host}: anyone who can reach this machine can use the model", flush=True)
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(create_app(service), log_level=args.log_level)).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
