@@ -5,8 +5,6 @@ import os
 import urllib.error
 from pathlib import Path
 
-import torch.hub
-
 
 class DownloadError(RuntimeError):
     """A download failed; the message says what to fetch by hand and where to put it."""
@@ -33,6 +31,8 @@ def download_file(url: str, dst: str | os.PathLike, sha256_prefix: str, progress
             raise DownloadError(f"{dst} is there but is not the expected file (its sha256 does not start with "
                                 f"{sha256_prefix}); delete it and try again, or fetch {url} by hand")
         return dst
+    import torch.hub  # here, not at the top: sha256_of serves the torch-free ONNX path too
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         # torch.hub's downloader streams to '<dst>.<uuid>.partial', hashes as it goes and renames at the end.

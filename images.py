@@ -12,6 +12,7 @@ has; small photos take exactly torchvision's path.
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -26,6 +27,14 @@ _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and he
 def is_image_name(name: str) -> bool:
     """An image extension in any letter case, and not a hidden file (such as macOS's ._photo.jpg)."""
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def images_under(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files in `folder` and its sub-folders, found lazily (a huge folder starts at once), sorted by
+    name within each folder."""
+    for root, folders, files in os.walk(folder):
+        folders.sort()
+        yield from (os.path.join(root, name) for name in sorted(files) if is_image_name(name))
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
