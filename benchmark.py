@@ -382,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += data_rows(photos, args.rounds)
         else:
             print(f"(data pipeline skipped: no photos under {args.photos})")
-    print(format_rows(rows))
+    if rows:
+        print(format_rows(rows))
     if "agreement" in args.sections:
         weights = args.agreement_weights
         if weights is None:
