@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class Comparison:
 # Model throughput: one worker process per contender, driven round by round over a pipe
 
 
-def _contender(kind: str, model: str) -> "callable":
+def _contender(kind: str, model: str) -> Callable[[np.ndarray], object]:
     """A function running one batch through `model` the way `kind` does it."""
     if kind == "plain onnxruntime":
         import onnxruntime

@@ -62,7 +62,7 @@ def check_photos(arguments: list[str]) -> list[str]:
 def check_output(weights: Path, output: Path, fmt: str) -> None:
     expected = default_output(weights, fmt).suffix
     if output.suffix.lower() != expected:
-        raise UsageError(f"--output {output}: a {fmt} model is written as {expected}; name it so")
+        raise UsageError(f"--output {output}: with --format {fmt} the file must end in {expected}")
     if output.exists() and output.resolve() == weights.resolve():
         raise UsageError(f"--output {output} is the weights file itself; choose another name")
     if not output.parent.is_dir():

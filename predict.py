@@ -109,6 +109,8 @@ class Output:
     per line on stdout, a row per image in --csv FILE, errors on stderr, and on a terminal a progress bar
     once a run takes more than a second."""
 
+    progress_delay = 1.0  # seconds before the bar appears: none for a handful of photos
+
     def __init__(self, args: argparse.Namespace, class_count: int) -> None:
         self.json, self.top_k = args.json, min(args.top_k or 5, class_count)
         self.csv_file: IO[str] | None = None
@@ -116,7 +118,7 @@ class Output:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(unit="image", delay=1.0, file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(unit="image", delay=self.progress_delay, file=sys.stderr, dynamic_ncols=True)
         if args.csv:
             self.csv_file = open(args.csv, "w", newline="", encoding="utf-8")  # closed in close()
             self.csv = csv.writer(self.csv_file)

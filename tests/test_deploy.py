@@ -1,7 +1,9 @@
 """Deployment: ONNX export and its check, the ONNX Runtime / OpenVINO backends, backend choice, stale and bad
 exports, test-time augmentation, streamed output, and non-finite outputs on every backend."""
 import csv
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -99,7 +101,7 @@ def test_an_export_that_does_not_match_pytorch_leaves_the_old_file(trained_run, 
 
 def test_export_refuses_to_write_over_the_weights_or_with_the_wrong_suffix(trained_run, capsys):
     best = str(trained_run / "best.pth")
-    fails_with([best, "--output", best.replace(".pth", ".onnx.pth")], capsys, "is written as .onnx", program=export)
+    fails_with([best, "--output", best.replace(".pth", ".onnx.pth")], capsys, "must end in .onnx", program=export)
     fails_with([best, "--images", "/nonexistent/photos"], capsys, "no such file or folder", program=export)
 
 
@@ -196,6 +198,8 @@ def same_answers(first: list[dict], second: list[dict]) -> bool:
 
 def test_a_stale_best_onnx_is_never_used_silently(trained_run, tmp_path, capsys):
     run = copy_run(trained_run, tmp_path / "run")
+    os.utime(run / "best.pth", (1, 1))  # as a copy that does not keep file times: the content still matches
+    assert inference.Classifier.from_weights(run / "best.pth").backend.name == "onnxruntime"
     checkpoint = torch.load(run / "best.pth", weights_only=True)
     checkpoint["model"]["classifier.1.bias"] += 1.0  # a newer best.pth, as a resumed run writes
     torch.save(checkpoint, run / "best.pth")
@@ -281,6 +285,20 @@ def test_json_lines_and_csv_rows_stream_in_input_order(trained_run, tmp_path, ca
     assert [row["image"] for row in rows] == argv[:7] and rows[1]["error"].startswith("UnidentifiedImageError")
     assert rows[0]["class_1"] == results[0]["predictions"][0]["class"]
     assert float(rows[0]["probability_1"]) == pytest.approx(results[0]["predictions"][0]["probability"], abs=1e-6)
+
+
+def test_a_progress_bar_on_a_terminal(trained_run, monkeypatch, capsys):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(predict.Output, "progress_delay", 0.0)  # at once, not after a second
+    paths, _ = val_images(trained_run)
+    assert predict.main([*paths[:3], "--weights", str(trained_run / "best.pth"), "--json"]) == 0
+    assert "3image" in terminal.getvalue().replace(" ", "")  # "3 image [00:00, ...]" as tqdm draws it
+    assert len(json_lines(capsys.readouterr().out)) == 3  # the results themselves go to stdout as usual
 
 
 def test_output_starts_before_the_input_is_all_found(trained_run, tmp_path):
