@@ -5,6 +5,9 @@ starve a neighbour in the same process), rounds alternate between them, and medi
     python benchmark.py --sections deployment                      # a few minutes on 2 cores
     python benchmark.py --sections deployment --deploy-weights runs/<run>/best.pth --rounds 5
 
+Without --deploy-weights the checkpoint is a 5-class B0 whose BatchNorm statistics are measured on the photos
+(speed does not depend on what the weights learned, but tiny untrained activations would).
+
 1. One photo, the whole process (start, imports, model, decode, answer), warm disk cache: `python predict.py
    photo.jpg` with a run's checkpoint and its best.onnx, against a 12-line ONNX Runtime + Pillow + numpy
    script and a torchvision-only script. Wall time and peak resident memory.
@@ -260,7 +263,7 @@ def prepare(workdir: Path, weights: str | None, photos: Sequence[str]) -> Setup:
     if weights:
         shutil.copy(weights, checkpoint)
     else:
-        torch.save(_synthetic_checkpoint(), checkpoint)
+        torch.save(_synthetic_checkpoint(photos), checkpoint)
     exported, _ = export_checkpoint(checkpoint, photos=photos[:8])
     network = M.model_from_checkpoint(checkpoint)
     torch.save({new: value for old, new in torchvision_key_map(network).items()
@@ -277,19 +280,29 @@ def prepare(workdir: Path, weights: str | None, photos: Sequence[str]) -> Setup:
                  image["eval_resize"], image["eval_crop"], scripts, photos[0], folder)
 
 
-def _synthetic_checkpoint() -> dict:
-    """A 5-class B0 checkpoint shaped like a run's best.pth (with the optimizer state of all layers)."""
+def _synthetic_checkpoint(photos: Sequence[str]) -> dict:
+    """A 5-class B0 checkpoint shaped like a run's best.pth (optimizer state for every layer), its BatchNorm
+    statistics measured on the photos. Freshly initialised statistics would leave the activations so small
+    that they turn into denormal floats, which slow every CPU backend down by large, different factors."""
     import torch
 
     import model as M
+    from images import Preprocessing
     from variants import image_settings
     from weights import checkpoint_fields
 
     torch.manual_seed(0)
-    network = M.create_model("b0", 5)
+    network = M.create_model("b0", 5).train()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running statistics = the average over every batch seen
+    preprocessing = Preprocessing.from_settings(image_settings("b0"))
+    with torch.no_grad():
+        for start in range(0, min(len(photos), 64), 16):
+            network(torch.from_numpy(np.stack([preprocessing.load(p) for p in photos[start:start + 16]])))
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
-    network(torch.randn(2, 3, 64, 64)).sum().backward()
-    optimizer.step()
+    for parameter in network.parameters():
+        optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
     return {**checkpoint_fields(network.eval()), "class_names": ["daisy", "dandelion", "roses", "sunflowers", "tulips"],
             "image": image_settings("b0"), "optimizer": optimizer.state_dict(), "epoch": 1}
 
