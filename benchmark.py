@@ -42,7 +42,7 @@ from my_dataset import EvalTransform, TrainTransform, open_image
 from runtime import keep_freed_memory_for_reuse
 
 SHARED_PHOTOS = Path(__file__).resolve().parent.parent / "shared" / "data" / "flower_photos_mini"
-SECTIONS = ("inference", "training", "memory", "data", "agreement", "api")
+SECTIONS = ("inference", "training", "memory", "data", "agreement", "deployment", "api")
 
 
 def make_large_jpeg(path: str | Path, size: tuple[int, int] = (4032, 3024), sources: Sequence[str] = (),
@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", default=str(SHARED_PHOTOS), help="folder of real photos (class sub-folders)")
     parser.add_argument("--agreement-weights", default=None,
                         help="checkpoint for the bfloat16 agreement check (default: newest runs/*/best.pth)")
+    parser.add_argument("--deploy-weights", default=None,
+                        help="checkpoint for the deployment section (default: a 5-class B0 shaped like a run's)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.threads:
@@ -393,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nbfloat16 vs float32 top-1 agreement with {name}: {share:.2%} of {count} photos")
         else:
             print("\n(bfloat16 agreement skipped: needs --agreement-weights and photos)")
+    if "deployment" in args.sections:
+        import deploy_benchmark  # its own module: prediction without PyTorch, each contender in a process
+
+        print("\n" + deploy_benchmark.section(args.rounds, photos, args.deploy_weights))
     if "api" in args.sections:  # app.py's HTTP API: batching on and off, 1 and 8 clients (benchmark_api.py)
         import benchmark_api
 

@@ -1,11 +1,7 @@
 """Fetch a file over HTTP(S) or file:// with a progress bar, checking its sha256, writing it atomically."""
 import hashlib
-import http.client
 import os
-import urllib.error
 from pathlib import Path
-
-import torch.hub
 
 
 class DownloadError(RuntimeError):
@@ -33,6 +29,12 @@ def download_file(url: str, dst: str | os.PathLike, sha256_prefix: str, progress
             raise DownloadError(f"{dst} is there but is not the expected file (its sha256 does not start with "
                                 f"{sha256_prefix}); delete it and try again, or fetch {url} by hand")
         return dst
+    # here, not at the top: sha256_of serves the ONNX path of predict.py, which must start fast
+    import http.client
+    import urllib.error
+
+    import torch.hub
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         # torch.hub's downloader streams to '<dst>.<uuid>.partial', hashes as it goes and renames at the end.

@@ -12,6 +12,7 @@ has; small photos take exactly torchvision's path.
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -40,6 +41,14 @@ def check_shape(image: Image.Image) -> None:
     if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise UnsupportedImageError(f"{width} x {height} pixels: one side is more than {MAX_ASPECT_RATIO} times "
                                     f"the other; crop it to the subject first")
+
+
+def images_under(folder: str | os.PathLike) -> Iterator[str]:
+    """Image files in `folder` and its sub-folders, found lazily (a huge folder starts at once), sorted by
+    name within each folder."""
+    for root, folders, files in os.walk(folder):
+        folders.sort()
+        yield from (os.path.join(root, name) for name in sorted(files) if is_image_name(name))
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:

@@ -5,8 +5,15 @@ carries the model's class names, its evaluation preprocessing and where it came 
 the preprocessing (images.py: Pillow and numpy) in front of a backend and ranks the answers; predict.py,
 evaluate.py and app.py all go through it. Importing this module does not import PyTorch: the torch
 backend is imported only when a checkpoint is opened with it.
+
+Backends: "torch" (torch_backend.py: any checkpoint or state_dict, Grad-CAM, bfloat16, CUDA), and
+"onnxruntime" / "openvino" (onnx_backend.py: an exported .onnx, or OpenVINO's .xml; no PyTorch, a faster
+start and faster CPU inference). "auto" takes ONNX Runtime for an exported model, and for a checkpoint
+whose up-to-date export lies beside it (best.onnx beside best.pth); otherwise, or when the request needs
+PyTorch, the torch backend.
 """
 import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,10 +23,16 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+import onnx_backend
 from cli import UsageError
 from images import Preprocessing
 
 DEFAULT_RUNS_DIR = "runs"
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model answered NaN or infinity: its weights are broken, and no answer of it can be trusted."""
 
 
 class Backend(Protocol):
@@ -65,16 +78,87 @@ def _describe_error(error: Exception) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def torch_only(weights: str | os.PathLike, device: Any, precision: str, gradients: bool) -> str | None:
+    """What in a request only the torch backend can do, in words; None if an exported model can serve it."""
+    if gradients:
+        return "Grad-CAM (--cam)"
+    if precision != "float32":
+        return f"--precision {precision}"
+    if device is not None and not str(device).startswith("cpu"):
+        return f"--device {device}"
+    if str(weights).lower() == "imagenet":
+        return "--weights imagenet"
+    return None
+
+
+def open_backend(weights: str | os.PathLike, model_name: str = "b0", class_indices: str | None = None,
+                 device: Any = None, precision: str = "float32", backend: str = "auto",
+                 gradients: bool = False) -> Backend:
+    """The backend that runs `weights`: `backend` as asked, or for "auto" the fastest one that can serve the
+    request (see the module's docstring). `gradients`: Grad-CAM will be asked for."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    needs_torch = torch_only(weights, device, precision, gradients)
+    suffix = Path(str(weights)).suffix.lower()
+    if suffix in onnx_backend.EXPORTED_SUFFIXES:
+        if backend == "torch" or needs_torch:
+            raise UsageError(f"{weights} is an exported model, which ONNX Runtime or OpenVINO run; "
+                             f"{needs_torch or '--backend torch'} needs the .pth checkpoint it came from")
+        chosen = "openvino" if backend == "openvino" or (backend == "auto" and suffix == ".xml") else "onnxruntime"
+        if chosen == "onnxruntime" and suffix == ".xml":
+            raise UsageError(f"{weights} is OpenVINO's format; use --backend openvino, or the .onnx with "
+                             f"ONNX Runtime")
+        return onnx_backend.load(weights, chosen, model_name, class_indices)
+    if backend != "torch" and needs_torch is None:
+        exported = _export_of(weights, "onnxruntime" if backend == "auto" else backend, model_name,
+                              class_indices, required=backend != "auto")
+        if exported is not None:
+            return exported
+    elif backend in ("onnxruntime", "openvino"):
+        raise UsageError(f"--backend {backend}: {needs_torch} needs the torch backend")
+    import torch_backend
+
+    return torch_backend.load(weights, model_name, class_indices, device, precision)
+
+
+def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, class_indices: str | None,
+               required: bool) -> Backend | None:
+    """The up-to-date export beside a checkpoint (X.pth -> X.onnx) in `backend`. None where there is none:
+    quietly if there is no file, with a note if there is one that cannot be used, unless `required`."""
+    exported = Path(checkpoint).with_suffix(".onnx")
+    if not onnx_backend.is_installed(backend):
+        if required:
+            _note(f"--backend {backend}: {backend} is not installed (pip install {backend}); using PyTorch")
+        return None
+    if not (exported.is_file() and Path(checkpoint).is_file()):
+        if required and Path(checkpoint).is_file():
+            raise UsageError(f"--backend {backend}: no {exported} beside {checkpoint}; write it with "
+                             f"'python export.py {checkpoint}', or pass an .onnx as --weights")
+        return None  # the torch backend reports a missing checkpoint
+    try:
+        return onnx_backend.load(exported, backend, model_name, class_indices, checkpoint=checkpoint)
+    except UsageError as error:
+        if required:
+            raise
+        _note(f"{error}; using PyTorch for now")
+        return None
+
+
 class Classifier:
     """Preprocessing, a backend, and ranking: images in, (class, probability) lists out.
 
     `Classifier(backend)` wraps a backend; `Classifier(model, class_names, image)` wraps an EfficientNet in
     the torch backend (class names default to "0", "1", ...; `image` holds the evaluation sizes a
-    checkpoint stores). `Classifier.from_weights(...)` opens a checkpoint.
+    checkpoint stores). `Classifier.from_weights(...)` opens a checkpoint or an exported model. With
+    `tta=True` every image is also classified mirrored left-to-right and the two answers are averaged.
     """
 
     def __init__(self, backend: Any, class_names: Sequence[str] | None = None, image: Mapping[str, Any] | None = None,
-                 device: Any = None, precision: str = "float32") -> None:
+                 device: Any = None, precision: str = "float32", tta: bool = False) -> None:
         if hasattr(backend, "forward_features"):  # an EfficientNet: run it with the torch backend
             import torch_backend
 
@@ -83,66 +167,85 @@ class Classifier:
         self.backend = backend
         self.class_names: list[str] = list(backend.class_names)
         self.preprocessing: Preprocessing = backend.preprocessing
+        self.tta = tta
+        self._opened_with: dict[str, Any] | None = None  # from_weights' arguments: Grad-CAM may reopen them
+        self._gradient_backend: Any = backend if hasattr(backend, "grad_cam") else None
 
     @classmethod
     def from_weights(cls, weights: str | os.PathLike | None = None, model_name: str = "b0",
-                     class_indices: str | None = None, device: Any = None, precision: str = "float32") -> "Classifier":
-        """From this project's checkpoint (everything inside it), or a bare state_dict plus class names.
+                     class_indices: str | None = None, device: Any = None, precision: str = "float32",
+                     backend: str = "auto", tta: bool = False, gradients: bool = False) -> "Classifier":
+        """From this project's checkpoint (everything inside it), a bare state_dict plus class names, or an
+        exported .onnx / .xml, run by `backend` (see open_backend).
 
         `weights` None means the newest runs/*/best.pth; "imagenet" means torchvision's ImageNet weights.
         """
-        import torch_backend
-
         weights = newest_checkpoint() if weights is None else weights
-        return cls(torch_backend.load(weights, model_name, class_indices, device, precision))
+        opened_with = dict(weights=weights, model_name=model_name, class_indices=class_indices, device=device,
+                           precision=precision)
+        classifier = cls(open_backend(**opened_with, backend=backend, gradients=gradients), tta=tta)
+        classifier._opened_with = opened_with
+        return classifier
 
     def preprocess(self, image: str | os.PathLike | Image.Image) -> np.ndarray:
         """(3, crop, crop) normalised float32 array, exactly as validation during training prepares it."""
         return self.preprocessing.load(image)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) preprocessed images -> (N, classes) float32 probabilities."""
-        return self.backend.probabilities(batch)
-
+        """(N, 3, H, W) preprocessed images -> (N, classes) float32 probabilities; NonFiniteOutputError if the
+        model answers NaN or infinity."""
+        if self.tta:  # the images and their mirror images in one batch, the two answers averaged
+            both = self.backend.probabilities(np.concatenate([batch, batch[..., ::-1]]))
+            result = (both[:len(batch)] + both[len(batch):]) / 2
+        else:
+            result = self.backend.probabilities(batch)
+        if not np.isfinite(result).all():
+            raise NonFiniteOutputError(f"the model's outputs are not finite (NaN or infinity), so its weights are "
+                                       f"broken ({self.backend.origin}); use another checkpoint or retrain")
+        return result
     def rank(self, probabilities: np.ndarray, top_k: int | None = None) -> list[tuple[str, float]]:
         """The top-k (class, probability) pairs of one row of probabilities, most likely first."""
         k = min(top_k or 5, len(self.class_names))
         order = np.argsort(-probabilities, kind="stable")[:k]
         return [(self.class_names[i], float(probabilities[i])) for i in order]
 
-    def scores(self, images: Iterable[str | os.PathLike | Image.Image], batch_size: int = 32,
-               workers: int | None = None) -> Iterator["Scored"]:
+    def scores(self, images: Iterable[str | os.PathLike | Image.Image | Scored], batch_size: int = 32,
+               workers: int | None = None) -> Iterator[Scored]:
         """Probabilities of every image, in the order given, yielded batch by batch as soon as each is done.
 
         Decoding runs in a pool of threads ahead of the model (Pillow and numpy release the GIL), at most
         two batches ahead, so a folder of a million photos starts yielding at once in constant memory. An
-        unreadable image comes back with its error and the others go on.
+        unreadable image comes back with its error and the others go on; an item that is a Scored already
+        (an input that failed before, with its error set) passes through in its place.
         """
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-            pending: deque[tuple[str, Future]] = deque()
-            batch: list[tuple[str, Future]] = []
+            pending: deque[tuple[str, Future | Scored]] = deque()
             for image in images:
-                source = "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image)
-                pending.append((source, pool.submit(self.preprocess, image)))
+                if isinstance(image, Scored):
+                    pending.append((image.source, image))
+                else:
+                    source = "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image)
+                    pending.append((source, pool.submit(self.preprocess, image)))
                 if len(pending) >= 2 * batch_size:
-                    batch = [pending.popleft() for _ in range(batch_size)]
-                    yield from self._score_batch(batch)
+                    yield from self._score_batch([pending.popleft() for _ in range(batch_size)])
             while pending:
-                batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                yield from self._score_batch(batch)
+                yield from self._score_batch([pending.popleft() for _ in range(min(batch_size, len(pending)))])
 
-    def _score_batch(self, batch: list[tuple[str, Future]]) -> list["Scored"]:
-        results, arrays = [], []
-        for source, future in batch:
+    def _score_batch(self, batch: list[tuple[str, Future | Scored]]) -> list[Scored]:
+        results, decoded, arrays = [], [], []
+        for source, work in batch:
+            if isinstance(work, Scored):
+                results.append(work)
+                continue
             try:
-                arrays.append(future.result())
-                results.append(Scored(source))
+                arrays.append(work.result())
+                decoded.append(Scored(source))
+                results.append(decoded[-1])
             except Exception as error:  # one bad file must not stop the others
                 results.append(Scored(source, error=_describe_error(error)))
         if arrays:
-            readable = [result for result in results if result.error is None]
-            for result, row in zip(readable, self.probabilities(np.stack(arrays))):
+            for result, row in zip(decoded, self.probabilities(np.stack(arrays))):
                 result.probabilities = row
         return results
 
@@ -153,28 +256,37 @@ class Classifier:
                 for s in self.scores(images, batch_size)]
 
     def grad_cam(self, image: str | os.PathLike | Image.Image) -> tuple[Image.Image, np.ndarray, int]:
-        """Grad-CAM of the top class: (the network's view of the photo, heat map in [0, 1] at that size, class)."""
-        if not hasattr(self.backend, "grad_cam"):
-            raise UsageError(f"Grad-CAM needs the torch backend; {self.backend.name} has no gradients")
-        return self.backend.grad_cam(image)
+        """Grad-CAM of the top class: (the network's view of the photo, heat map in [0, 1] at that size, class).
+
+        Only the torch backend has gradients: a classifier running an export of a checkpoint opens that
+        checkpoint with it the first time a map is asked for.
+        """
+        if self._gradient_backend is None:
+            weights = self._opened_with and self._opened_with["weights"]
+            if not weights or Path(str(weights)).suffix.lower() in onnx_backend.EXPORTED_SUFFIXES:
+                raise UsageError(f"Grad-CAM needs the torch backend and the checkpoint; {self.backend.name} runs "
+                                 f"{self.backend.origin}, which has no gradients")
+            self._gradient_backend = open_backend(**self._opened_with, backend="torch")
+        return self._gradient_backend.grad_cam(image)
 
 
 def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike | Image.Image,
-             model: Any = None, top_k: int | None = None,
-             class_names: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
+             model: Any = None, top_k: int | None = None, class_names: Sequence[str] | None = None,
+             backend: str = "auto", tta: bool = False) -> list[list[tuple[str, float]]]:
     """Ranked (class, probability) lists for photos (paths or PIL images) from a model or checkpoint.
 
     `model` is a Classifier, an EfficientNet (with `class_names`, else classes are named "0", "1", ...), a
-    checkpoint path, or None for the newest runs/*/best.pth. Raises ValueError for an unreadable image.
+    checkpoint or exported model's path, or None for the newest runs/*/best.pth; `backend` and `tta` as for
+    Classifier.from_weights. Raises ValueError for an unreadable image.
     """
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     if isinstance(model, Classifier):
         classifier = model
     elif hasattr(model, "forward_features"):
-        classifier = Classifier(model, class_names, device=next(model.parameters()).device)
+        classifier = Classifier(model, class_names, device=next(model.parameters()).device, tta=tta)
     else:
-        classifier = Classifier.from_weights(model)
+        classifier = Classifier.from_weights(model, backend=backend, tta=tta)
     results = classifier.predict(images, top_k)
     failed = [r for r in results if r.error]
     if failed:

@@ -1,7 +1,8 @@
 """Classify photos with a trained EfficientNet.
 
-    python predict.py rose.jpg                          # newest runs/*/best.pth
-    python predict.py photos/ "more/*.png" --top-k 3    # folders and globs, classified in batches
+    python predict.py rose.jpg                          # newest runs/*/best.pth (its best.onnx when up to date)
+    python predict.py photos/ "more/*.png" --top-k 3    # folders and globs, results as they are ready
+    python predict.py photos/ --json > results.jsonl    # one JSON object per line; --csv FILE for a table
     python predict.py rose.jpg --weights model-29.pth --model b0 --class-indices class_indices.json
     python predict.py rose.jpg --save rose_pred.png --cam
 
@@ -12,39 +13,41 @@ From a notebook:
     # -> [[("roses", 0.93), ("tulips", 0.04), ...], ...]
 """
 import argparse
+import csv
 import glob
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 from cli import UsageError, report
-from images import is_image_name
+from images import images_under
 # Re-exported for notebooks and scripts written against earlier versions of this file.
-from inference import DEFAULT_RUNS_DIR, Classifier, Prediction, classify, newest_checkpoint  # noqa: F401
+from inference import (BACKENDS, DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction,  # noqa: F401
+                       Scored, classify, newest_checkpoint)
 from variants import variant_name
 
 PRECISIONS = ("float32", "bfloat16")
 
 
-def expand_inputs(arguments: Sequence[str]) -> list[Prediction]:
-    """Files, folders (searched recursively for images) and globs, in order; an argument that matches
-    nothing comes back with its error already set."""
-    items: list[Prediction] = []
+def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
+    """Files, folders (searched recursively for images) and globs, in order, as paths; an argument that
+    matches nothing comes as a Scored with its error set."""
     for argument in arguments:
         if os.path.isdir(argument):
-            found = sorted(str(p) for p in Path(argument).rglob("*") if p.is_file() and is_image_name(p.name))
-            items += [Prediction(path) for path in found] or [Prediction(argument, error="folder holds no images")]
+            count = 0
+            for count, path in enumerate(images_under(argument), 1):
+                yield path
+            if not count:
+                yield Scored(argument, error="folder holds no images")
         elif os.path.exists(argument):
-            items.append(Prediction(argument))
+            yield argument
         elif glob.has_magic(argument):
             found = sorted(p for p in glob.glob(argument, recursive=True) if os.path.isfile(p))
-            items += [Prediction(path) for path in found] or [
-                Prediction(argument, error="no file matches this pattern")]
+            yield from found or [Scored(argument, error="no file matches this pattern")]
         else:
-            items.append(Prediction(argument, error="no such file"))
-    return items
+            yield Scored(argument, error="no such file")
 
 
 def figure_path(template: str | None, source: str, index: int | None, suffix: str = "") -> str:
@@ -101,23 +104,81 @@ def write_figures(classifier: Classifier, result: Prediction, args: argparse.Nam
                                   show=args.show)
 
 
+class Output:
+    """Results as they come, each written at once (a crash keeps what was printed): text or one JSON object
+    per line on stdout, a row per image in --csv FILE, errors on stderr, and on a terminal a progress bar
+    once a run takes more than a second."""
+
+    progress_delay = 1.0  # seconds before the bar appears: none for a handful of photos
+
+    def __init__(self, args: argparse.Namespace, class_count: int) -> None:
+        self.json, self.top_k = args.json, min(args.top_k or 5, class_count)
+        self.csv_file: IO[str] | None = None
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="image", delay=self.progress_delay, file=sys.stderr, dynamic_ncols=True)
+        if args.csv:
+            self.csv_file = open(args.csv, "w", newline="", encoding="utf-8")  # closed in close()
+            self.csv = csv.writer(self.csv_file)
+            ranks = range(1, self.top_k + 1)
+            self.csv.writerow(["image", *(f"{kind}_{r}" for r in ranks for kind in ("class", "probability")), "error"])
+
+    def write(self, result: Prediction) -> None:
+        if self.json:
+            self._print(json.dumps({"image": result.source, "error": result.error, "predictions": [
+                {"class": c, "probability": round(p, 6)} for c, p in result.ranked]}), sys.stdout)
+        elif result.ranked:
+            self._print("\n".join([result.source, *(f"  {c:<24} {p:.4f}" for c, p in result.ranked)]), sys.stdout)
+        if result.error:
+            self._print(f"error: {result.source}: {result.error}", sys.stderr)
+        if self.csv_file:
+            cells = [value for c, p in result.ranked for value in (c, f"{p:.6f}")]
+            self.csv.writerow([result.source, *cells, *[""] * (2 * self.top_k - len(cells)), result.error or ""])
+            self.csv_file.flush()
+        if self.bar is not None:
+            self.bar.update()
+
+    def _print(self, text: str, stream: IO[str]) -> None:
+        if self.bar is not None and stream.isatty():
+            self.bar.write(text, file=stream)  # above the bar, which is redrawn below it
+        else:
+            print(text, file=stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.csv_file:
+            self.csv_file.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     add("--weights", default=None,
-        help=f"checkpoint or state_dict to use (default: the newest {DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' "
-             f"for torchvision's ImageNet weights")
-    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints of this project "
-                                      "record their own")
+        help=f"checkpoint, state_dict, or exported .onnx / OpenVINO .xml to use (default: the newest "
+             f"{DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' for torchvision's ImageNet weights")
+    add("--backend", choices=BACKENDS, default="auto",
+        help="what runs the model: 'auto' (default) takes ONNX Runtime for an .onnx, or for a checkpoint with "
+             "an up-to-date export beside it (best.onnx beside best.pth), unless --cam, --precision bfloat16 "
+             "or a GPU --device needs PyTorch; else torch")
+    add("--model", default="b0", help="variant of a bare state_dict or plain .onnx (default b0); checkpoints and "
+                                      "exports of this project record their own")
     add("--class-indices", default=None,
-        help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
+        help="class names for a bare state_dict or plain .onnx (default: class_indices.json beside the weights, "
+             "else here)")
     add("--top-k", type=int, default=None, help="classes to show per image (default min(5, classes))")
+    add("--tta", action="store_true",
+        help="test-time augmentation: average the answers for each image and its mirror image (2x the work)")
     add("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    add("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    add("--device", default=None, help="cuda, cpu, ... for the torch backend (default: CUDA when available)")
     add("--precision", choices=PRECISIONS, default="float32",
-        help="bfloat16 is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
-    add("--json", action="store_true", help="print results as JSON")
+        help="bfloat16 (torch backend) is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
+    add("--json", action="store_true", help="print one JSON object per image and line, as results come")
+    add("--csv", default=None, metavar="FILE",
+        help="also write a row per image to FILE: image, class_1, probability_1, ... , error")
     add("--save", default=None, metavar="OUT.png",
         help="write the photo with its top-k bar chart (OUT_<n>_<image>.png for several images; a FOLDER/ "
              "gets one <image>_pred.png per image)")
@@ -127,6 +188,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def classify_all(classifier: Classifier, inputs: Iterable[str | Scored], args: argparse.Namespace,
+                 output: Output) -> bool:
+    """Classify and write each result as it comes (with its figures when asked); True if all went well."""
+    figures_wanted = args.save or args.cam or args.show
+    if figures_wanted:  # figures must never overwrite a photo: know them all first
+        inputs = list(inputs)
+        several, photos = len(inputs) > 1, {Path(item).resolve() for item in inputs if isinstance(item, str)}
+    all_well = True
+    for position, scored in enumerate(classifier.scores(inputs, args.batch_size)):
+        result = Prediction(scored.source, classifier.rank(scored.probabilities, args.top_k)
+                            if scored.error is None else [], scored.error)
+        if figures_wanted and result.error is None:
+            try:
+                write_figures(classifier, result, args, position if several else None, photos)
+            except UsageError as error:
+                result.error = str(error)
+            except OSError as error:  # an unwritable --save / --cam-dir: report it, keep the results
+                result.error = f"no figure: {error}"
+        output.write(result)
+        all_well = all_well and result.error is None
+    return all_well
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k is not None and args.top_k < 1 or args.batch_size < 1:
@@ -134,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_figure_name(args.save)
         classifier = Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices,
-                                             args.device, args.precision)
+                                             args.device, args.precision, args.backend, args.tta, args.cam)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))
     if classifier.backend.name == "torch":
@@ -142,38 +226,19 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
 
-    results = expand_inputs(args.images)
-    readable = [r for r in results if r.error is None]
-    for item, prediction in zip(readable, classifier.predict([r.source for r in readable], args.top_k,
-                                                             args.batch_size)):
-        item.ranked, item.error = prediction.ranked, prediction.error
-    if args.save or args.cam or args.show:
-        several = len(results) > 1
-        inputs = {Path(r.source).resolve() for r in results}
-        for index, result in enumerate(results):
-            if result.error is None:
-                try:
-                    write_figures(classifier, result, args, index if several else None, inputs)
-                except UsageError as error:
-                    result.error = str(error)
-                except OSError as error:  # an unwritable --save / --cam-dir: report it, keep the results
-                    result.error = f"no figure: {error}"
-
-    if args.json:
-        print(json.dumps([{"image": r.source, "error": r.error,
-                           "predictions": [{"class": c, "probability": round(p, 6)} for c, p in r.ranked]}
-                          for r in results], indent=2))
-    else:
-        for result in results:
-            if not result.ranked:
-                continue
-            print(result.source)
-            for name, probability in result.ranked:
-                print(f"  {name:<24} {probability:.4f}")
-    for result in results:
-        if result.error:
-            print(f"error: {result.source}: {result.error}", file=sys.stderr)
-    return 1 if any(r.error for r in results) else 0
+    try:
+        output = Output(args, len(classifier.class_names))
+    except OSError as error:
+        return report(f"--csv {args.csv}: {error.strerror or error}")
+    try:
+        return 0 if classify_all(classifier, expand_inputs(args.images), args, output) else 1
+    except NonFiniteOutputError as error:
+        return report(str(error), status=1)
+    except BrokenPipeError:  # the reader stopped early (predict.py ... | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
+    finally:
+        output.close()
 
 
 if __name__ == "__main__":

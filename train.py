@@ -30,6 +30,7 @@ from evaluation import DEFAULT_TOP_K, Evaluation, describe
 from flower_photos import ensure_flower_photos
 from model import create_model
 from my_dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform
+from onnx_export import export_after_training
 from runs import RunFolder, find_resume_checkpoint, read_resume_checkpoint, read_saved_split, resumed_args, \
     resumed_data_root
 from runtime import default_workers, keep_freed_memory_for_reuse
@@ -362,6 +363,7 @@ def finish(run: Run) -> None:
         return
     run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
     best = run.folder.path / "best.pth"
+    export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
     print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
           f"{metrics.class_table(classes, progress.best_confusion)}")
     report, test = run.folder.write_review(run.split, run.settings.device)

@@ -21,10 +21,15 @@ def val_images(run: Path) -> tuple[list[str], list[int]]:
     return [os.path.join(split["root"], p) for p, _ in split["val"]], [label for _, label in split["val"]]
 
 
+def json_lines(text: str) -> list[dict]:
+    """predict.py --json prints one JSON object per image and line."""
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def run_json(capsys, *argv: str) -> tuple[int, list[dict]]:
     capsys.readouterr()
     status = predict.main([*argv, "--json"])
-    return status, json.loads(capsys.readouterr().out)
+    return status, json_lines(capsys.readouterr().out)
 
 
 def test_predict_agrees_with_the_validation_loop(trained_run):
@@ -85,7 +90,7 @@ def test_bad_images_are_reported_and_the_rest_classified(trained_run, tmp_path, 
     status = predict.main([str(tmp_path / "missing.jpg"), paths[0], str(tmp_path / "fake.jpg"), paths[1],
                            "--weights", str(trained_run / "best.pth"), "--json"])
     captured = capsys.readouterr()
-    results = json.loads(captured.out)
+    results = json_lines(captured.out)
     assert status == 1
     assert [r["error"] is None for r in results] == [False, True, False, True]  # in the order given
     assert f"error: {tmp_path / 'missing.jpg'}: no such file" in captured.err

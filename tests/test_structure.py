@@ -55,7 +55,7 @@ def test_modules_and_functions_stay_small(name):
 
 
 def test_the_inference_core_imports_no_torch():
-    code = ("import sys, inference, images, variants, class_names; "
+    code = ("import sys, inference, images, variants, class_names, onnx_backend, download, predict; "
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -59,7 +59,7 @@ def test_end_to_end_training_learns_and_predicts(trained_run, capsys):
     val_images = [os.path.join(split["root"], path) for path, _ in split["val"]]
     capsys.readouterr()
     assert predict.main([*val_images, "--weights", str(trained_run / "best.pth"), "--json"]) == 0
-    results = json.loads(capsys.readouterr().out)
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # one JSON object per line
     names = best["class_names"]
     correct = sum(r["predictions"][0]["class"] == names[label] for r, (_, label) in zip(results, split["val"]))
     assert correct / len(val_images) == pytest.approx(best["best_acc"])

@@ -1,0 +1,94 @@
+"""Export a trained EfficientNet to ONNX (or OpenVINO's IR) for prediction without PyTorch.
+
+    python export.py                                            # newest runs/*/best.pth -> best.onnx beside it
+    python export.py runs/20261128-101500-b0/best.pth --images my_photos/   # checked on your photos
+    python export.py weights/model-29.pth --model b0 --class-indices class_indices.json
+    python export.py runs/20261128-101500-b0/best.pth --format openvino     # best.xml + best.bin
+
+The file holds the network with BatchNorm folded and a softmax at the end (any batch size), and in its
+metadata the class names, the variant, the evaluation preprocessing and the checkpoint it came from, so
+`python predict.py photo.jpg --weights best.onnx` needs nothing else. Before it is kept, the export is run
+on the same images as PyTorch (photos given with --images, else a few synthetic ones): the largest
+probability difference and the top-1 agreement are printed, and a mismatch beyond the tolerance is an
+error that leaves no file behind (an existing one stays as it was).
+"""
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+
+from cli import UsageError, report
+from images import images_under
+from inference import newest_checkpoint
+from onnx_export import FORMATS, OPSET, default_output, export_checkpoint
+from variants import variant_name
+
+CHECK_PHOTOS = 32  # photos of --images used for the check, at most
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("weights", nargs="?", default=None,
+        help="this project's checkpoint, or a bare tutorial / torchvision state_dict (default: the newest "
+             "runs/*/best.pth)")
+    add("--output", default=None, help="where to write (default: beside the weights, .onnx or .xml)")
+    add("--format", choices=FORMATS, default="onnx",
+        help="onnx (default; ONNX Runtime, OpenVINO and others read it) or openvino (IR .xml + .bin; needs "
+             "the openvino package)")
+    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints record their own")
+    add("--class-indices", default=None,
+        help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
+    add("--images", nargs="+", default=(), metavar="PATH",
+        help=f"photos or folders to check the export on (the first {CHECK_PHOTOS}; default: synthetic images)")
+    add("--opset", type=int, default=OPSET, help=f"ONNX opset version (default {OPSET})")
+    return parser
+
+
+def check_photos(arguments: list[str]) -> list[str]:
+    """The first CHECK_PHOTOS image files among files and folders (searched recursively)."""
+    found = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            found += itertools.islice(images_under(argument), CHECK_PHOTOS - len(found))
+        elif os.path.isfile(argument):
+            found.append(argument)
+        else:
+            raise UsageError(f"--images {argument}: no such file or folder")
+    return found[:CHECK_PHOTOS]
+
+
+def check_output(weights: Path, output: Path, fmt: str) -> None:
+    expected = default_output(weights, fmt).suffix
+    if output.suffix.lower() != expected:
+        raise UsageError(f"--output {output}: with --format {fmt} the file must end in {expected}")
+    if output.exists() and output.resolve() == weights.resolve():
+        raise UsageError(f"--output {output} is the weights file itself; choose another name")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: the folder {output.parent} does not exist")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        weights = Path(args.weights) if args.weights else newest_checkpoint()
+        output = Path(args.output) if args.output else default_output(weights, args.format)
+        check_output(weights, output, args.format)
+        photos = check_photos(list(args.images))
+        if args.images and not photos:
+            raise UsageError(f"--images {' '.join(args.images)}: no image files there")
+        output, check = export_checkpoint(weights, output, variant_name(args.model), args.class_indices, photos,
+                                          args.format, args.opset)
+    except (UsageError, ValueError) as error:  # WeightsError is a ValueError
+        return report(str(error))
+    except OSError as error:  # an unwritable folder or a full disk: the old file, if any, is untouched
+        return report(f"{error.filename or output}: {error.strerror or error}", status=1)
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB), {check.summary()}")
+    if check.real and check.images < len(photos):
+        print(f"note: {len(photos) - check.images} of the --images could not be read and were left out")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
