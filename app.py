@@ -35,8 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batching import BatchWorker, QueueFull
 from cli import UsageError, report
-from inference import DEFAULT_RUNS_DIR, Classifier, newest_checkpoint
-from variants import variant_name
+from inference import Classifier, add_model_flags, classifier_from_flags, newest_checkpoint
 
 WEB = Path(__file__).resolve().parent / "web"
 # The page loads nothing from elsewhere; photos are shown from blob: URLs, Grad-CAM maps from data: URLs.
@@ -278,13 +277,7 @@ def create_app(service: Service) -> FastAPI:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--weights", default=None,
-        help=f"checkpoint or state_dict to serve (default: the newest {DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' "
-             f"for torchvision's ImageNet weights")
-    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints record their own")
-    add("--class-indices", default=None,
-        help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
-    add("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    add_model_flags(parser, "serve")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                             "0.0.0.0 lets other machines in)")
     add("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
@@ -332,11 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(problem)
     try:
         sock = listening_socket(args.host, args.port)
-        weights = args.weights if args.weights is not None else newest_checkpoint()
-        # One opener for the served model and for a Grad-CAM model of the same weights.
-        open_classifier = functools.partial(Classifier.from_weights, weights, variant_name(args.model),
-                                            args.class_indices, args.device)
-        classifier = open_classifier()
+        args.weights = args.weights if args.weights is not None else newest_checkpoint()
+        classifier = classifier_from_flags(args)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))
     if classifier.backend.name == "torch":
@@ -344,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
     limits = Limits(int(args.max_upload_mb * MiB), args.max_files, args.top_k)
-    service = Service(classifier, open_classifier, limits, args.max_batch, args.batch_wait_ms / 1000)
+    open_torch = functools.partial(classifier_from_flags, args, backend="torch")  # for Grad-CAM, on first use
+    service = Service(classifier, open_torch, limits, args.max_batch, args.batch_wait_ms / 1000)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     print(f"Serving {classifier.backend.origin} ({len(classifier.class_names)} classes, {classifier.backend.name}) "

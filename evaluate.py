@@ -19,26 +19,17 @@ from evaluation import DEFAULT_TOP_K, Evaluation, describe, evaluate_images, wri
 from files import write_json
 from image_folders import ClassFolders, presplit_folders, scan_class_folders
 from images import IMAGE_EXTENSIONS
-from inference import DEFAULT_RUNS_DIR, Classifier
-from variants import variant_name
+from inference import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
-    add("--weights", default=None,
-        help=f"checkpoint or state_dict to evaluate (default: the newest {DEFAULT_RUNS_DIR}/*/best.pth); "
-             f"'imagenet' for torchvision's ImageNet weights")
-    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints of this project "
-                                      "record their own")
-    add("--class-indices", default=None,
-        help="class names for weights without their own (default: class_indices.json beside the weights, "
-             "else here)")
+    add_model_flags(parser, "evaluate")
     add("--top-k", type=int, default=DEFAULT_TOP_K,
         help=f"also count a photo right when its class is among the top k (default {DEFAULT_TOP_K})")
     add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
-    add("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
     add("--output-dir", default=None,
         help="where predictions.csv, per_class.csv and confusion_matrix.png go (default evaluations/<DIR name>/)")
     add("--json", default=None, metavar="FILE", help="also write every score and the confusion matrix as JSON")
@@ -121,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         return report("--top-k and --batch-size must be at least 1")
     try:
         found = class_folders(args.directory)
-        classifier = Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices, args.device)
+        classifier = classifier_from_flags(args)
         paths, labels = labelled_images(found, classifier, classifier.backend.origin)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))
-    evaluation = evaluate_images(classifier, paths, labels, args.batch_size)
+    try:
+        evaluation = evaluate_images(classifier, paths, labels, args.batch_size)
+    except NonFiniteOutputError as error:  # a broken model: no score would mean anything
+        return report(str(error), status=1)
     for path, error in evaluation.unreadable:
         print(f"warning: unreadable photo left out: {path}: {error}", file=sys.stderr)
     if not evaluation.results:

@@ -12,6 +12,7 @@ start and faster CPU inference). "auto" takes ONNX Runtime for an exported model
 whose up-to-date export lies beside it (best.onnx beside best.pth); otherwise, or when the request needs
 PyTorch, the torch backend.
 """
+import argparse
 import os
 import sys
 from collections import deque
@@ -26,6 +27,7 @@ from PIL import Image
 import onnx_backend
 from cli import UsageError
 from images import Preprocessing
+from variants import variant_name
 
 DEFAULT_RUNS_DIR = "runs"
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
@@ -292,3 +294,30 @@ def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLi
     if failed:
         raise ValueError(f"cannot read {failed[0].source}: {failed[0].error}")
     return [r.ranked for r in results]
+
+
+def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
+    """--weights, --backend, --model, --class-indices, --device and --tta: how predict.py, evaluate.py and
+    app.py choose a model and what runs it (`what` completes "checkpoint ... to <what>")."""
+    add = parser.add_argument
+    add("--weights", default=None,
+        help=f"checkpoint, state_dict, or exported .onnx / OpenVINO .xml to {what} (default: the newest "
+             f"{DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' for torchvision's ImageNet weights")
+    add("--backend", choices=BACKENDS, default="auto",
+        help="what runs the model: 'auto' (default) takes ONNX Runtime for an .onnx, or for a checkpoint with "
+             "an up-to-date export beside it (best.onnx beside best.pth), unless Grad-CAM, bfloat16 or a GPU "
+             "--device needs PyTorch; else torch")
+    add("--model", default="b0", help="variant of a bare state_dict or plain .onnx (default b0); checkpoints and "
+                                      "exports of this project record their own")
+    add("--class-indices", default=None,
+        help="class names for a bare state_dict or plain .onnx (default: class_indices.json beside the weights, "
+             "else here)")
+    add("--device", default=None, help="cuda, cpu, ... for the torch backend (default: CUDA when available)")
+    add("--tta", action="store_true",
+        help="test-time augmentation: average the answers for each image and its mirror image (2x the work)")
+
+
+def classifier_from_flags(args: argparse.Namespace, **options: Any) -> "Classifier":
+    """The Classifier that add_model_flags' flags ask for; `options` adds or overrides from_weights' arguments."""
+    chosen = {"backend": args.backend, "tta": args.tta, **options}
+    return Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices, args.device, **chosen)

@@ -24,9 +24,8 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 from cli import UsageError, report
 from images import images_under
 # Re-exported for notebooks and scripts written against earlier versions of this file.
-from inference import (BACKENDS, DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction,  # noqa: F401
-                       Scored, classify, newest_checkpoint)
-from variants import variant_name
+from inference import (DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
+                       add_model_flags, classifier_from_flags, classify, newest_checkpoint)
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -157,23 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    add("--weights", default=None,
-        help=f"checkpoint, state_dict, or exported .onnx / OpenVINO .xml to use (default: the newest "
-             f"{DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' for torchvision's ImageNet weights")
-    add("--backend", choices=BACKENDS, default="auto",
-        help="what runs the model: 'auto' (default) takes ONNX Runtime for an .onnx, or for a checkpoint with "
-             "an up-to-date export beside it (best.onnx beside best.pth), unless --cam, --precision bfloat16 "
-             "or a GPU --device needs PyTorch; else torch")
-    add("--model", default="b0", help="variant of a bare state_dict or plain .onnx (default b0); checkpoints and "
-                                      "exports of this project record their own")
-    add("--class-indices", default=None,
-        help="class names for a bare state_dict or plain .onnx (default: class_indices.json beside the weights, "
-             "else here)")
+    add_model_flags(parser, "use")
     add("--top-k", type=int, default=None, help="classes to show per image (default min(5, classes))")
-    add("--tta", action="store_true",
-        help="test-time augmentation: average the answers for each image and its mirror image (2x the work)")
     add("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    add("--device", default=None, help="cuda, cpu, ... for the torch backend (default: CUDA when available)")
     add("--precision", choices=PRECISIONS, default="float32",
         help="bfloat16 (torch backend) is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
     add("--json", action="store_true", help="print one JSON object per image and line, as results come")
@@ -217,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return report("--top-k and --batch-size must be at least 1")
     try:
         check_figure_name(args.save)
-        classifier = Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices,
-                                             args.device, args.precision, args.backend, args.tta, args.cam)
+        classifier = classifier_from_flags(args, precision=args.precision, gradients=args.cam)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))
     if classifier.backend.name == "torch":

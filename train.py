@@ -205,9 +205,7 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         status = run_epochs(run)
     finally:
         folder.close()
-    if status == 0:
-        finish(run)
-    return status
+    return finish(run) if status == 0 else status
 
 
 def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argparse.Namespace, Resumed | None]:
@@ -356,20 +354,27 @@ def checkpoint(run: Run, confusion: Any) -> dict[str, Any]:
             "args": vars(run.args).copy(), "confusion": confusion}
 
 
-def finish(run: Run) -> None:
-    """The confusion matrix and per-class table of the best epoch, the test set's scores, and report.html."""
+def finish(run: Run) -> int:
+    """The confusion matrix and per-class table of the best epoch, best.onnx, the test set's scores, and
+    report.html; 130 if Ctrl-C stops this (the checkpoints are complete by then)."""
     progress, classes = run.progress, run.split.classes
     if not run.ddp.is_main or progress.best_confusion is None:
-        return
-    run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
+        return 0
     best = run.folder.path / "best.pth"
-    export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
-    print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
-          f"{metrics.class_table(classes, progress.best_confusion)}")
-    report, test = run.folder.write_review(run.split, run.settings.device)
+    try:
+        run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
+        export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
+        print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
+              f"{metrics.class_table(classes, progress.best_confusion)}")
+        report, test = run.folder.write_review(run.split, run.settings.device)
+    except KeyboardInterrupt:
+        log(run.ddp, f"\ninterrupted after the last epoch, while writing the run's report; every epoch is saved "
+                     f"({best}). Score it again with: python evaluate.py DIR --weights {best}")
+        return 130
     if test is not None:
         print_test_results(test, best)
     print(f"report: {report}\nsaved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
+    return 0
 
 
 def print_test_results(test: Evaluation, best: Path) -> None:
