@@ -153,7 +153,7 @@ def gallery_html(evaluation: Evaluation, classifier: Any, what: str) -> str:
     wrong = evaluation.misclassified()
     if not wrong:
         return f'<p class="note">Every one of the {len(evaluation.results)} {what} images was classified right.</p>'
-    cams = GRAD_CAM_COUNT if hasattr(classifier.backend, "grad_cam") else 0
+    cams = GRAD_CAM_COUNT if classifier.can_explain else 0
     shown = min(len(wrong), GALLERY_LIMIT)
     note = (f"{len(wrong)} of {len(evaluation.results)} {what} images were misclassified"
             f"{f'; the {shown} most confidently wrong are shown' if shown < len(wrong) else ''}, worst first. "

@@ -264,12 +264,20 @@ class Classifier:
         checkpoint with it the first time a map is asked for.
         """
         if self._gradient_backend is None:
-            weights = self._opened_with and self._opened_with["weights"]
-            if not weights or Path(str(weights)).suffix.lower() in onnx_backend.EXPORTED_SUFFIXES:
+            if not self.can_explain:
                 raise UsageError(f"Grad-CAM needs the torch backend and the checkpoint; {self.backend.name} runs "
                                  f"{self.backend.origin}, which has no gradients")
             self._gradient_backend = open_backend(**self._opened_with, backend="torch")
         return self._gradient_backend.grad_cam(image)
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether grad_cam can answer: the backend has gradients, or runs an export of a checkpoint that the
+        torch backend can open."""
+        if self._gradient_backend is not None:
+            return True
+        weights = self._opened_with and self._opened_with["weights"]
+        return bool(weights) and Path(str(weights)).suffix.lower() not in onnx_backend.EXPORTED_SUFFIXES
 
 
 def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike | Image.Image,

@@ -73,8 +73,8 @@ def test_predict_returns_each_photos_top_k_as_the_classifier_ranks_them(server, 
 
 def test_model_health_and_openapi_describe_the_server(server, trained_run, classifier):
     model = httpx.get(f"{server}/model").json()
-    assert model["variant"] == "b0" and model["backend"] == "torch"
-    assert model["classes"] == classifier.class_names and model["origin"] == str(trained_run / "best.pth")
+    assert model["variant"] == "b0" and model["backend"] == classifier.backend.name == "onnxruntime"  # best.onnx
+    assert model["classes"] == classifier.class_names and model["origin"] == str(trained_run / "best.onnx")
     assert model["max_files"] == MAX_FILES and model["max_upload_bytes"] == MAX_UPLOAD_MB * 2**20
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
     assert {"/predict", "/gradcam", "/health", "/model"} <= set(httpx.get(f"{server}/openapi.json").json()["paths"])
@@ -183,12 +183,13 @@ def test_grad_cam_returns_an_overlay_of_the_top_class(server, classifier, flower
     assert two.status_code == 400 and "too many files" in two.json()["error"]
 
 
-def test_grad_cam_sees_exactly_the_input_the_prediction_saw(classifier, flowers_mini, monkeypatch):
+def test_grad_cam_sees_exactly_the_input_the_prediction_saw(trained_run, flowers_mini, monkeypatch):
     """The map explains the class shown beside it: Grad-CAM runs on the prediction's own input (the view the
     network saw, normalised), not on that view resized and cropped a second time, which changed the top
     class of 23 of the 300 photos."""
     import torch
 
+    classifier = Classifier.from_weights(trained_run / "best.pth", backend="torch")
     model = classifier.backend.model
     seen = []
     forward_features = model.forward_features

@@ -138,7 +138,7 @@ def test_torch_save_failing_for_space_is_told_apart_from_other_failures(tmp_path
         file.write(b"PK\x03\x04 part of a checkpoint")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
-    monkeypatch.setattr(files.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)  # files.py imports torch where it saves
     with pytest.raises(RuntimeError, match="unexpected pos") as caught:  # plenty of space: not a full disk
         files.save_checkpoint({"w": torch.ones(10)}, tmp_path / "last.pth")
     assert not isinstance(caught.value, files.NoSpaceError)
