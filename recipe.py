@@ -32,8 +32,7 @@ TUTORIAL: Mapping[str, Any] = {
 # The measured combination (BENCHMARKS.md, "Training recipe"); README.md lists the same flags.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "tutorial": {},
-    "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2, "label_smoothing": 0.1, "ema": 0.999,
-               "auto_augment": "trivialaugment"},
+    "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2},
 }
 WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}  # the tutorial's for SGD; the usual decoupled decay for AdamW
 ADAMW_LR = 0.001  # --lr's default with --opt adamw (0.01, the tutorial's SGD rate, is far too high for Adam)
@@ -55,7 +54,7 @@ def build_parser_recipe(parser: argparse.ArgumentParser) -> None:
         help=f"a preset of the flags below; 'modern' = {modern}; flags given explicitly win (default tutorial)")
     add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
         help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")
-    add("--weight-decay", type=float, default=default["weight_decay"],
+    add("--weight-decay", type=float, default=default["weight_decay"], metavar="WD",
         help=f"weight decay (default {WEIGHT_DECAY['sgd']:g} with SGD, {WEIGHT_DECAY['adamw']:g} with AdamW)")
     add("--warmup-epochs", type=int, default=default["warmup_epochs"], metavar="N",
         help="raise the learning rate linearly over the first N epochs (--lr x k/(N+1) in epoch k), then "
@@ -78,7 +77,7 @@ def build_parser_recipe(parser: argparse.ArgumentParser) -> None:
              "--mixup-alpha too, each batch gets one of the two at random (default 0: off)")
     add("--drop-path", type=float, default=default["drop_path"], metavar="RATE",
         help="stochastic depth: the last block's residual branch is dropped with probability RATE, block i of "
-             "N with RATE x i/N (default: the variant's, 0.2, as in the tutorial)")
+             "N with RATE x i/N (default: the variant table's, 0.2 as torchvision's)")
     add("--class-weights", choices=("none", "auto"), default=default["class_weights"],
         help="'auto': weight the loss of each class by n / (classes x n_class), its inverse frequency in "
              "training (default none)")

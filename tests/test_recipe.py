@@ -41,7 +41,7 @@ def test_without_recipe_flags_the_run_is_the_tutorials():
     args = resolved()
     assert (args.recipe, args.opt, args.lr, args.weight_decay, args.warmup_epochs) == ("tutorial", "sgd", 0.01, 1e-4, 0)
     assert (args.label_smoothing, args.ema, args.auto_augment, args.random_erase) == (0.0, None, "none", 0.0)
-    assert (args.mixup_alpha, args.cutmix_alpha, args.drop_path) == (0.0, 0.0, 0.2)  # the tutorial's 0.2
+    assert (args.mixup_alpha, args.cutmix_alpha, args.drop_path) == (0.0, 0.0, 0.2)  # the variant table's
     assert (args.class_weights, args.balanced_sampling, args.early_stopping, args.best_metric) == \
         ("none", False, None, "acc")
     assert args.freeze_layers is False  # the tutorial's default: every layer trains
@@ -60,8 +60,9 @@ def test_modern_preset_resolves_to_the_flags_the_readme_documents():
 def test_flags_given_explicitly_win_over_the_preset():
     args = resolved("--recipe", "modern", "--lr", "0.05", "--opt", "sgd", "--ema", "0.5")
     assert (args.lr, args.opt, args.ema) == (0.05, "sgd", 0.5)
-    assert args.label_smoothing == recipe.PRESETS["modern"]["label_smoothing"]  # the rest still comes from it
+    assert args.warmup_epochs == recipe.PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
     assert args.weight_decay == 1e-4  # the default of the optimizer that was chosen
+    assert resolved("--recipe", "modern", "--opt", "adamw").lr == recipe.PRESETS["modern"]["lr"]
 
 
 def test_adamw_gets_its_own_learning_rate_and_weight_decay_unless_given():
