@@ -202,8 +202,8 @@ def training_rows(variant: str, device: torch.device, rounds: int, batch: int = 
     labels = torch.randint(0, 5, (batch,), generator=torch.Generator().manual_seed(3))
     loss_function = nn.CrossEntropyLoss()
     rows = []
-    for frozen, label in ((False, "all layers (--freeze-layers false)"),
-                          (True, "head only (--freeze-layers, the default)")):
+    for frozen, label in ((False, "all layers (--freeze-layers false, the default)"),
+                          (True, "head only (--freeze-layers true)")):
         setups = {name: training_setup(name, variant, device, frozen=frozen) for name in contenders(device)}
 
         def step(name: str) -> Callable[[], None]:

@@ -25,17 +25,24 @@ def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
 
 
 class TrainTransform:
-    """RandomResizedCrop(size) -> RandomHorizontalFlip -> ToTensor -> Normalize, on a lazily opened image.
+    """RandomResizedCrop(size) -> RandomHorizontalFlip -> [augment] -> ToTensor -> Normalize -> [RandomErasing],
+    on a lazily opened image.
 
     The crop is drawn from the image's size before decoding, so a large JPEG can be decoded at the largest
-    reduction that still leaves the crop at least `size` pixels on each side.
+    reduction that still leaves the crop at least `size` pixels on each side. `augment` is an extra PIL
+    transform (TrivialAugment, RandAugment); `random_erase` the probability of erasing a random rectangle of
+    the normalised tensor to 0 (the mean colour). All their random draws come from torch's generator, which
+    MyDataSet seeds per sample.
     """
 
     decodes_lazily = True  # takes an Image.open()ed image and does the decoding itself
 
-    def __init__(self, size: int, reduced_decode: bool = True) -> None:
+    def __init__(self, size: int, reduced_decode: bool = True, augment: Callable | None = None,
+                 random_erase: float = 0.0) -> None:
         self.size = size
         self.reduced_decode = reduced_decode
+        self.augment = augment
+        self.erase = T.RandomErasing(p=random_erase, value=0) if random_erase > 0 else None
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         width, height = oriented_size(image)
@@ -54,7 +61,10 @@ class TrainTransform:
             image = image.resize((self.size, self.size), Image.BILINEAR, box=box)
         if torch.rand(1) < 0.5:  # the same draw RandomHorizontalFlip makes
             image = F.hflip(image)
-        return to_normalized_tensor(image)
+        if self.augment is not None:
+            image = self.augment(image)
+        tensor = to_normalized_tensor(image)
+        return self.erase(tensor) if self.erase is not None else tensor
 
 
 class EvalTransform(Preprocessing):
@@ -140,35 +150,42 @@ class EpochSampler(Sampler):
     process takes every num_replicas-th sample. Training (`pad=True`) pads by repeating the first samples
     so every process runs the same number of steps; evaluation (`pad=False`) sees every sample exactly once
     across all processes.
+
+    With `weights` (one per sample), each epoch instead draws `size` samples with replacement, sample i with
+    probability proportional to weights[i] (balanced sampling); an image drawn twice gets two different
+    augmentations, as the seed then depends on the draw's position rather than on the index.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, num_replicas: int = 1,
-                 pad: bool = True) -> None:
+                 pad: bool = True, weights: Sequence[float] | None = None) -> None:
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.num_replicas = num_replicas
         self.pad = pad
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
+    def _pairs(self) -> list[tuple[int, int]]:
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None and self.size:
+            drawn = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+            pairs = [(index, (base + position) % 2**62) for position, index in enumerate(drawn)]
         else:
-            order = list(range(self.size))
-        if self.pad and order and len(order) % self.num_replicas:
-            total = math.ceil(len(order) / self.num_replicas) * self.num_replicas
-            order = (order * math.ceil(total / len(order)))[:total]  # fewer samples than processes repeat more
-        return order[self.rank::self.num_replicas]
+            order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else range(self.size)
+            pairs = [(index, (base + index) % 2**62) for index in order]
+        if self.pad and pairs and len(pairs) % self.num_replicas:
+            total = math.ceil(len(pairs) / self.num_replicas) * self.num_replicas
+            pairs = (pairs * math.ceil(total / len(pairs)))[:total]  # fewer samples than processes repeat more
+        return pairs[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-        return iter([(index, (base + index) % 2**62) for index in self._indices()])
+        return iter(self._pairs())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return len(self._pairs())

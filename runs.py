@@ -2,7 +2,7 @@
 
 | file | written |
 |---|---|
-| class_indices.json, split.json, class_distribution.png | when the run starts |
+| class_indices.json, split.json, recipe.json, class_distribution.png | when the run starts |
 | last.pth (every epoch), best.pth (when validation improves), metrics.csv, curves.png, TensorBoard events | after each epoch |
 | confusion_matrix.png, per_class.csv, report.html, test/ (a test set's results, by best.pth) | when the run ends |
 
@@ -198,11 +198,12 @@ class RunFolder:
                                  f"another --output-dir") from None
         return cls(path, ddp.is_main)
 
-    def write_start(self, split: DataSplit) -> None:
+    def write_start(self, split: DataSplit, recipe: Mapping[str, Any]) -> None:
         if not self.writes:
             return
         write_json(self.path / "class_indices.json", {str(i): name for i, name in enumerate(split.classes)})
         write_json(self.path / "split.json", split.to_json())
+        write_json(self.path / "recipe.json", recipe)
         figures.plot_class_distribution(split.classes, split.counts(split.train_labels),
                                         split.counts(split.val_labels), self.path / "class_distribution.png",
                                         split.counts(split.test_labels) if split.test_labels else None)

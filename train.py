@@ -29,14 +29,14 @@ from download import DownloadError
 from evaluation import DEFAULT_TOP_K, Evaluation, describe
 from flower_photos import ensure_flower_photos
 from model import create_model
-from my_dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform
+from my_dataset import EpochSampler, EvalTransform, MyDataSet
 from onnx_export import export_after_training
 from runs import RunFolder, find_resume_checkpoint, read_resume_checkpoint, read_saved_split, resumed_args, \
     resumed_data_root
 from runtime import default_workers, keep_freed_memory_for_reuse
 from utils import DataSplit
 from variants import image_settings
-from weights import WeightsError, checkpoint_fields, load_weights
+from weights import WeightsError, load_weights
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
 
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of classes; must equal the class folders found (default: however many there are)")
     add("--epochs", type=int, default=30, help="training epochs (default 30)")
     add("--batch-size", type=int, default=16, help="images per step, per process under torchrun (default 16)")
-    add("--lr", type=float, default=0.01, help="initial SGD learning rate, not scaled by the number of "
-                                                "processes (default 0.01)")
+    add("--lr", type=float, default=0.01, help="initial learning rate, not scaled by the number of processes "
+                                                "(default 0.01; 0.001 with --opt adamw)")
     add("--lrf", type=float, default=0.01, help="final learning rate as a fraction of --lr, reached along a "
                                                  "cosine (default 0.01)")
     add("--data-path", default=None,
@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--weights", default="imagenet",
         help="initial weights: 'imagenet' (torchvision's, downloaded once), a .pth path (this project's "
              "checkpoint, a tutorial or torchvision state_dict), or 'none' to train from scratch")
-    add("--freeze-layers", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
+    add("--freeze-layers", type=parse_bool, nargs="?", const=True, default=False, metavar="{true,false}",
         help="train only the last conv and the classifier, keeping the frozen BatchNorm statistics fixed "
-             "(default true, as in the tutorial; '--freeze-layers false' trains everything)")
+             "(default false, as in the tutorial: every layer trains)")
     add("--device", default=None, help="'cuda', 'cuda:1', 'cpu', ... (default: the first CUDA device, else CPU)")
     add("--workers", type=int, default=None,
         help="data-loading processes (default: min(CPUs this process may use, batch size, 8))")
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs under torchrun")
     add("--progress", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="show progress bars (default true)")
+    recipe.build_parser_recipe(parser)
     return parser
 
 
@@ -107,6 +108,7 @@ def check_args(args: argparse.Namespace) -> None:
     for failed, message in problems:
         if failed:
             raise UsageError(message)
+    recipe.check_args(args)
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -119,13 +121,14 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namespace, device: torch.device,
                  ddp: Distributed) -> tuple[DataLoader, DataLoader, EpochSampler]:
-    train_set = MyDataSet(split.train_paths, split.train_labels, TrainTransform(images["train_size"]))
+    train_set = MyDataSet(split.train_paths, split.train_labels, recipe.train_transform(images["train_size"], args))
     val_set = MyDataSet(split.val_paths, split.val_labels,
                         EvalTransform(images["eval_resize"], images["eval_crop"], images["interpolation"]))
     train_sampler = EpochSampler(len(train_set), shuffle=True, seed=args.seed, rank=ddp.rank,
-                                       num_replicas=ddp.world_size, pad=True)
+                                 num_replicas=ddp.world_size, pad=True,
+                                 weights=recipe.sample_weights(split.train_labels, len(split.classes), args))
     val_sampler = EpochSampler(len(val_set), shuffle=False, seed=args.seed, rank=ddp.rank,
-                                     num_replicas=ddp.world_size, pad=False)
+                               num_replicas=ddp.world_size, pad=False)
     workers = default_workers(args.batch_size) if args.workers is None else args.workers
     common = dict(batch_size=args.batch_size, num_workers=workers, collate_fn=MyDataSet.collate_fn,
                   pin_memory=device.type == "cuda", persistent_workers=workers > 0)
@@ -153,10 +156,11 @@ class Progress:
     """Where a run stands after each epoch; saved in every checkpoint so a resumed run carries on."""
 
     history: list[dict[str, float]] = field(default_factory=list)
-    best_acc: float = -1.0
+    best_acc: float = -1.0  # validation accuracy of the best epoch
     best_epoch: int = -1
     best_confusion: Any = None
     next_epoch: int = 0  # epochs completed, so the index of the next one
+    best_score: float = -1.0  # --best-metric of the best epoch
 
 
 @dataclass
@@ -172,6 +176,7 @@ class Run:
     eval_model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps: recipe.TrainingSteps  # loss, batch mixing, weight average
     settings: utils.StepSettings
     folder: RunFolder
     progress: Progress
@@ -188,16 +193,16 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     split = load_split(args, resumed, ddp, args.val_rate if chosen_val_rate else None)
     raw_model = build_model(args, len(split.classes), resumed, ddp)
     model, eval_model = place_model(raw_model, args, device, ddp)
-    optimizer = recipe.build_optimizer(raw_model, args)
-    scheduler = recipe.build_scheduler(optimizer, args)
+    optimizer, scheduler = recipe.build_optimizer(raw_model, args)
+    steps = recipe.TrainingSteps.build(args, split.train_labels, len(split.classes), raw_model, device)
     settings = utils.StepSettings.for_device(device, args.channels_last, args.amp)
     if resumed is not None:
-        folder, progress = resumed.folder, restore_progress(resumed, optimizer, scheduler, settings, ddp)
+        folder, progress = resumed.folder, restore_progress(resumed, optimizer, scheduler, steps, settings, ddp)
     else:
         folder, progress = RunFolder.create(args.output_dir, args.name, args.model, ddp), Progress()
-        folder.write_start(split)
-    run = Run(args, ddp, split, image_settings(args.model, args.image_size), model, raw_model, eval_model,
-              optimizer, scheduler, settings, folder, progress)
+        folder.write_start(split, recipe.describe(args, split.classes, steps.class_weights))
+    run = Run(args, ddp, split, image_settings(args.model, args.image_size), model, raw_model,
+              steps.evaluated(eval_model), optimizer, scheduler, steps, settings, folder, progress)
     log(ddp, f"{split.describe()} in {len(split.classes)} classes; efficientnet_{args.model} at "
              f"{run.images['train_size']} px on {device}"
              f"{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {folder.path}")
@@ -213,12 +218,12 @@ def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argpars
     if not args.resume:
         if args.data_path is None:
             args.data_path = DEFAULT_DATA_PATH
-        return args, None
+        return recipe.resolve(args, given), None
     resume_path = find_resume_checkpoint(args.resume)
     checkpoint = read_resume_checkpoint(resume_path)
     saved_split = read_saved_split(resume_path.parent)
     data_root = resumed_data_root(args.data_path, saved_split, checkpoint["args"]["data_path"])
-    args = resumed_args(args, checkpoint["args"], given)
+    args = recipe.fill_defaults(resumed_args(args, checkpoint["args"], given))
     args.data_path = data_root  # saved with the run, for the next resume
     folder = RunFolder(resume_path.parent, writes=int(os.environ.get("RANK", "0")) == 0)
     return args, Resumed(checkpoint, folder, saved_split)
@@ -249,9 +254,9 @@ def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distribut
 def build_model(args: argparse.Namespace, num_classes: int, resumed: Resumed | None, ddp: Distributed) -> nn.Module:
     """The network with its starting weights and the layers that train."""
     torch.manual_seed(args.seed)
-    model = create_model(args.model, num_classes=num_classes)
+    model = create_model(args.model, num_classes=num_classes, drop_connect_rate=args.drop_path)
     if resumed is not None:
-        load_weights(model, resumed.checkpoint, verbose=False)
+        load_weights(model, recipe.trained_weights(resumed.checkpoint), verbose=False)
     elif args.weights.lower() != "none":
         try:
             load_weights(model, args.weights, verbose=ddp.is_main)
@@ -281,16 +286,19 @@ def place_model(model: nn.Module, args: argparse.Namespace, device: torch.device
 
 
 def restore_progress(resumed: Resumed, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, settings: utils.StepSettings,
-                     ddp: Distributed) -> Progress:
-    """Optimizer, schedule and gradient-scaler state, and the history, as the stopped run left them."""
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, steps: recipe.TrainingSteps,
+                     settings: utils.StepSettings, ddp: Distributed) -> Progress:
+    """Optimizer, schedule, weight-average and gradient-scaler state, and the history, as the stopped run
+    left them."""
     checkpoint = resumed.checkpoint
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
+    steps.restore(checkpoint)
     if settings.scaler is not None and checkpoint.get("scaler"):
         settings.scaler.load_state_dict(checkpoint["scaler"])
     progress = Progress(list(checkpoint["history"]), checkpoint["best_acc"], checkpoint["best_epoch"],
-                        resumed.folder.best_confusion(), checkpoint["epoch"])
+                        resumed.folder.best_confusion(), checkpoint["epoch"],
+                        checkpoint.get("best_score", checkpoint["best_acc"]))
     log(ddp, f"resuming {resumed.folder.path} after epoch {progress.next_epoch} of {checkpoint['args']['epochs']}")
     return progress
 
@@ -302,12 +310,17 @@ def run_epochs(run: Run) -> int:
     epoch = run.progress.next_epoch
     try:
         for epoch in range(run.progress.next_epoch, args.epochs):
+            stop = recipe.early_stop(args, run.progress.best_epoch, epoch)
+            if stop:
+                log(ddp, stop)
+                break
             train_sampler.set_epoch(epoch)
-            torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout and stochastic depth, resumable
+            torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout, stochastic depth, mixup: resumable
             lr = run.optimizer.param_groups[0]["lr"]
             show = args.progress and ddp.is_main
-            trained = utils.train_one_epoch(run.model, run.optimizer, train_loader, run.settings, epoch + 1, show)
-            broadcast_buffers(run.raw_model)  # every process evaluates what rank 0 saves
+            trained = utils.train_one_epoch(run.model, run.optimizer, train_loader, run.settings, epoch + 1, show,
+                                            run.steps)
+            broadcast_buffers(run.eval_model)  # every process evaluates what rank 0 saves
             validated = utils.evaluate(run.eval_model, val_loader, run.settings, len(run.split.classes),
                                        progress=show)
             run.scheduler.step()
@@ -330,9 +343,11 @@ def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, va
                              "val_loss": validated.loss, "val_acc": validated.accuracy,
                              "val_macro_f1": metrics.macro_f1(validated.confusion), "lr": lr,
                              "train_images_per_s": trained.images_per_second})
-    improved = validated.accuracy > progress.best_acc
+    score = recipe.score(run.args, progress.history[-1])
+    improved = score > progress.best_score
     if improved:
         progress.best_acc, progress.best_epoch, progress.best_confusion = validated.accuracy, epoch, validated.confusion
+        progress.best_score = score
     progress.next_epoch = epoch
     if run.folder.writes:
         run.folder.write_epoch(checkpoint(run, validated.confusion), improved, progress.history)
@@ -346,11 +361,12 @@ def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, va
 def checkpoint(run: Run, confusion: Any) -> dict[str, Any]:
     """Everything needed to rebuild the model and to resume the run exactly."""
     progress = run.progress
-    return {**checkpoint_fields(run.raw_model), "class_names": run.split.classes, "image": run.images,
+    return {**run.steps.checkpoint_fields(run.raw_model), "class_names": run.split.classes, "image": run.images,
             "epoch": progress.next_epoch, "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.settings.scaler.state_dict() if run.settings.scaler else None,
-            "best_acc": progress.best_acc, "best_epoch": progress.best_epoch, "history": progress.history,
+            "best_acc": progress.best_acc, "best_epoch": progress.best_epoch, "best_score": progress.best_score,
+            "history": progress.history,
             "args": vars(run.args).copy(), "confusion": confusion}
 
 

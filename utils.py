@@ -17,6 +17,7 @@ from cli import UsageError
 from distributed import all_reduce_sum, true_on_every_process
 from image_folders import ClassFolders, presplit_folders, scan_class_folders
 from images import IMAGE_EXTENSIONS
+from recipe import TrainingSteps
 
 DEFAULT_VAL_RATE = 0.2
 
@@ -300,6 +301,7 @@ def _progress(loader: DataLoader, description: str, enabled: bool) -> tqdm:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: nn.Module,
                images: torch.Tensor, labels: torch.Tensor, settings: StepSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and optimizer step on one batch already on the device; returns (loss, logits).
+    `labels` are class indices, or (N, classes) target probabilities for mixed batches.
 
     A non-finite loss still updates the weights: the caller stops and never saves them.
     """
@@ -318,11 +320,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
-                    settings: StepSettings, epoch: int, progress: bool = True) -> EpochResult:
+                    settings: StepSettings, epoch: int, progress: bool = True,
+                    steps: TrainingSteps | None = None) -> EpochResult:
     """One pass over the training data (`epoch` counts from 1, for messages); stops with NonFiniteLossError
-    as soon as the loss is NaN or infinite."""
+    as soon as the loss is NaN or infinite. `steps` is the recipe's loss, batch mixing and weight average
+    (default: plain cross-entropy, as in the tutorial); accuracy counts the unmixed labels."""
     train_mode(model)
-    loss_function = nn.CrossEntropyLoss()
+    steps = steps if steps is not None else TrainingSteps(nn.CrossEntropyLoss())
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
     correct = torch.zeros((), dtype=torch.int64, device=settings.device)
     seen = 0
@@ -332,11 +336,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
         if not true_on_every_process(batch is not None, settings.device):  # every image was unreadable
             continue
         images, labels = settings.to_device(*batch)
-        loss, logits = train_step(model, optimizer, loss_function, images, labels, settings)
+        loss, logits = train_step(model, optimizer, steps.loss_function, *steps.mix(images, labels), settings)
         batch_loss = loss.item()
         if not true_on_every_process(math.isfinite(batch_loss), settings.device):
             value = batch_loss if not math.isfinite(batch_loss) else "non-finite in another process"
             raise NonFiniteLossError(f"the training loss became {value} in epoch {epoch}, step {step + 1}")
+        steps.after_step()
         loss_sum += loss * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()

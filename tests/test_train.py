@@ -97,9 +97,17 @@ def _wait_for_first_epoch(run: Path, process: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+# every recipe option that keeps state or draws random numbers: EMA, early stopping, mixing, augmentation, sampling
+ALL_RECIPE_OPTIONS = ["--opt", "adamw", "--warmup-epochs", "1", "--label-smoothing", "0.1", "--ema", "0.9",
+                      "--auto-augment", "trivialaugment", "--random-erase", "0.5", "--mixup-alpha", "0.4",
+                      "--cutmix-alpha", "1.0", "--drop-path", "0.3", "--balanced-sampling", "--early-stopping", "3",
+                      "--best-metric", "macro_f1"]
+
+
+@pytest.mark.parametrize("recipe_flags", [[], ALL_RECIPE_OPTIONS], ids=["tutorial", "every-option"])
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, recipe_flags):
     data = make_class_folders(tmp_path / "data", per_class=8)
-    args = train_args(data, tmp_path / "runs", "--epochs", "4")
+    args = train_args(data, tmp_path / "runs", "--epochs", "4", *recipe_flags)
     assert train.main([*args, "--name", "whole"]) == 0
 
     process = _start_run([*args, "--name", "killed", "--workers", "2"])
@@ -112,12 +120,16 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     assert train.main(["--resume", str(killed), "--workers", "1", "--progress", "false"]) == 0
     whole, resumed = load(tmp_path / "runs" / "whole" / "last.pth"), load(killed / "last.pth")
-    assert resumed["epoch"] == whole["epoch"] == 4
-    for key, tensor in whole["model"].items():
-        assert torch.equal(tensor, resumed["model"][key]), key
+    assert resumed["epoch"] == whole["epoch"] == len(whole["history"]) >= 2  # early stopping may end it sooner
+    for weights in ("model", "trained_model") if recipe_flags else ("model",):  # with EMA, both weights
+        for key, tensor in whole[weights].items():
+            assert torch.equal(tensor, resumed[weights][key]), (weights, key)
+    assert resumed.get("ema_updates") == whole.get("ema_updates")
+    assert (resumed["best_epoch"], resumed["best_score"]) == (whole["best_epoch"], whole["best_score"])
+    assert len(whole["history"]) == len(resumed["history"])
     for a, b in zip(whole["history"], resumed["history"]):
         assert (a["train_loss"], a["val_acc"], a["lr"]) == (b["train_loss"], b["val_acc"], b["lr"])
-    assert [r["epoch"] for r in read_metrics(killed)] == ["1", "2", "3", "4"]
+    assert [int(r["epoch"]) for r in read_metrics(killed)] == list(range(1, whole["epoch"] + 1))
 
 
 def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):
@@ -264,7 +276,7 @@ def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
 def test_flags_default_to_the_tutorial_recipe():
     args = train.build_parser().parse_args([])
     assert (args.epochs, args.batch_size, args.lr, args.lrf) == (30, 16, 0.01, 0.01)
-    assert (args.model, args.weights, args.freeze_layers, args.val_rate) == ("b0", "imagenet", True, 0.2)
+    assert (args.model, args.weights, args.freeze_layers, args.val_rate) == ("b0", "imagenet", False, 0.2)
     assert runtime.default_workers(16) == min(len(os.sched_getaffinity(0)), 8)
 
 

@@ -1,0 +1,408 @@
+"""The training recipe (recipe.py and its train.py flags): every option shows its effect."""
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import flower_photos
+import model as M
+import recipe
+import train
+import utils
+from conftest import train_args
+from distributed import Distributed
+from imagegen import make_class_folders
+from my_dataset import EpochSampler, EvalTransform, MyDataSet, open_image
+from test_train import _fails_with
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolved(*argv: str) -> object:
+    """train.py's settings for a new run with these flags, the preset and dependent defaults applied."""
+    args = train.build_parser().parse_args(list(argv))
+    return recipe.resolve(args, train.given_flags(list(argv)))
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- presets and defaults -------------------------------------------------------------------------------------
+
+
+def test_without_recipe_flags_the_run_is_the_tutorials():
+    args = resolved()
+    assert (args.recipe, args.opt, args.lr, args.weight_decay, args.warmup_epochs) == ("tutorial", "sgd", 0.01, 1e-4, 0)
+    assert (args.label_smoothing, args.ema, args.auto_augment, args.random_erase) == (0.0, None, "none", 0.0)
+    assert (args.mixup_alpha, args.cutmix_alpha, args.drop_path) == (0.0, 0.0, 0.2)  # the variant table's
+    assert (args.class_weights, args.balanced_sampling, args.early_stopping, args.best_metric) == \
+        ("none", False, None, "acc")
+    assert args.freeze_layers is False  # the tutorial's default: every layer trains
+
+
+def test_modern_preset_resolves_to_the_flags_the_readme_documents():
+    readme = (REPO / "README.md").read_text()
+    documented = re.search(r"`--recipe modern` stands for `([^`]+)`", readme).group(1).split()
+    modern, spelled_out = resolved("--recipe", "modern"), resolved(*documented)
+    spelled_out.recipe = "modern"
+    assert vars(modern) == vars(spelled_out)
+    for key, value in recipe.PRESETS["modern"].items():
+        assert getattr(modern, key) == value, key
+
+
+def test_flags_given_explicitly_win_over_the_preset():
+    args = resolved("--recipe", "modern", "--lr", "0.05", "--opt", "sgd", "--ema", "0.5")
+    assert (args.lr, args.opt, args.ema) == (0.05, "sgd", 0.5)
+    assert args.warmup_epochs == recipe.PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
+    assert args.weight_decay == 1e-4  # the default of the optimizer that was chosen
+    assert resolved("--recipe", "modern", "--opt", "adamw").lr == recipe.PRESETS["modern"]["lr"]
+
+
+def test_adamw_gets_its_own_learning_rate_and_weight_decay_unless_given():
+    args = resolved("--opt", "adamw")
+    optimizer, _ = recipe.build_optimizer(nn.Linear(3, 2), args)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.001, 0.05)
+    args = resolved("--opt", "adamw", "--lr", "0.003", "--weight-decay", "0")
+    optimizer, _ = recipe.build_optimizer(nn.Linear(3, 2), args)
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.003, 0.0)
+    optimizer, _ = recipe.build_optimizer(nn.Linear(3, 2), resolved())
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_warm_up_rises_linearly_then_follows_the_cosine():
+    args = resolved("--epochs", "6", "--warmup-epochs", "2", "--lrf", "0.1")
+    optimizer, scheduler = recipe.build_optimizer(nn.Linear(3, 2), args)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    cosine = [0.01 * (((1 + math.cos(k * math.pi / 4)) / 2) * 0.9 + 0.1) for k in range(4)]
+    assert lrs == pytest.approx([0.01 / 3, 0.02 / 3, *cosine])
+
+
+# --- the loss --------------------------------------------------------------------------------------------------
+
+
+def test_label_smoothing_changes_the_loss_on_a_fixed_batch_as_the_formula_says():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [-0.5, 1.5, 0.0], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 2, 1, 0])
+    log_p = logits.log_softmax(1)
+    eps = 0.2
+    expected = ((1 - eps) * -log_p[torch.arange(4), labels] + eps * -log_p.mean(1)).mean()
+    smoothed = recipe.TrainingSteps.build(resolved("--label-smoothing", str(eps)), [0, 1, 2], 3, None, "cpu")
+    plain = recipe.TrainingSteps.build(resolved(), [0, 1, 2], 3, None, "cpu")
+    assert smoothed.loss_function(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert plain.loss_function(logits, labels).item() == pytest.approx(-log_p[torch.arange(4), labels].mean().item())
+
+
+def test_class_weights_are_inverse_frequencies_in_the_loss():
+    labels = [0] * 8 + [1] * 2
+    assert recipe.inverse_frequency(labels, 2) == pytest.approx([10 / (2 * 8), 10 / (2 * 2)])
+    steps = recipe.TrainingSteps.build(resolved("--class-weights", "auto"), labels, 2, None, "cpu")
+    logits, targets = torch.tensor([[1.0, -1.0], [0.3, 0.2], [-2.0, 1.0]]), torch.tensor([0, 1, 1])
+    losses = -logits.log_softmax(1)[torch.arange(3), targets]
+    weights = torch.tensor([0.625, 2.5])[targets]
+    assert steps.loss_function(logits, targets).item() == pytest.approx(((weights * losses).sum() / weights.sum()).item())
+
+
+def _blob_recall(class_weights: str) -> float:
+    """Train a linear classifier on overlapping, imbalanced 2-D blobs (200 : 20) through utils.train_one_epoch
+    with the recipe's loss; the minority class's recall on a balanced test set."""
+    generator = torch.Generator().manual_seed(0)
+
+    def blobs(majority: int, minority: int) -> tuple[torch.Tensor, torch.Tensor]:
+        points = torch.cat([torch.randn(majority, 2, generator=generator),
+                            torch.randn(minority, 2, generator=generator) + torch.tensor([1.5, 1.5])])
+        return points, torch.tensor([0] * majority + [1] * minority)
+
+    train_x, train_y = blobs(200, 20)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    args = resolved("--class-weights", class_weights)
+    steps = recipe.TrainingSteps.build(args, train_y.tolist(), 2, model, "cpu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(train_x, train_y), batch_size=20, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))  # mixed batches: a one-class batch is unweighted
+    settings = utils.StepSettings(torch.device("cpu"), channels_last=False)
+    for epoch in range(30):
+        utils.train_one_epoch(model, optimizer, loader, settings, epoch + 1, progress=False, steps=steps)
+    test_x, test_y = blobs(500, 500)
+    found = model(test_x).argmax(1)[test_y == 1]
+    return (found == 1).float().mean().item()
+
+
+def test_class_weights_raise_the_minority_recall_on_an_imbalanced_sample():
+    plain, weighted = _blob_recall("none"), _blob_recall("auto")
+    assert weighted > plain + 0.2, (plain, weighted)
+
+
+# --- mixup and CutMix ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_mix_labels_in_the_same_proportion_as_pixels(mixup, cutmix):
+    # image i is filled with the value 10 i and is the only image of class i: a mixed image's mean value,
+    # divided by 10, is then the class average its target must give
+    images = torch.arange(6.0).mul(10).view(6, 1, 1, 1).expand(6, 3, 16, 16).contiguous()
+    labels = torch.arange(6)
+    mixer = recipe.BatchMixer(mixup, cutmix, num_classes=6)
+    torch.manual_seed(3)
+    mixed_any = False
+    for _ in range(5):
+        mixed, targets = mixer(images, labels)
+        assert targets.shape == (6, 6) and torch.allclose(targets.sum(1), torch.ones(6))
+        class_values = torch.arange(6.0) * 10
+        assert torch.allclose(mixed.mean(dim=(1, 2, 3)), targets @ class_values, atol=1e-4)
+        mixed_any |= bool((targets.max(1).values < 0.999).any())
+    assert mixed_any
+
+
+def test_cutmix_pastes_a_box_and_mixup_blends_everywhere():
+    images = torch.stack([torch.zeros(3, 16, 16), torch.ones(3, 16, 16)])
+    torch.manual_seed(0)
+    for _ in range(10):
+        cut, _ = recipe.BatchMixer(0.0, 1.0, 2)(images, torch.tensor([0, 1]))
+        assert set(cut.unique().tolist()) <= {0.0, 1.0}  # pixels are copied, never blended
+        blended, targets = recipe.BatchMixer(1.0, 0.0, 2)(images, torch.tensor([0, 1]))
+        assert torch.allclose(blended[0], torch.full((3, 16, 16), targets[0, 1].item()))
+
+
+# --- weight average --------------------------------------------------------------------------------------------
+
+
+def test_ema_follows_the_formula():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = recipe.ModelEMA(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model.train()
+    model(torch.randn(4, 2))  # moves the BatchNorm statistics
+    ema.update()
+    decay = min(0.9, 2 / 11)
+    for key, value in ema.module.state_dict().items():
+        current = model.state_dict()[key]
+        if value.is_floating_point():
+            assert torch.allclose(value, decay * before[key] + (1 - decay) * current), key
+        else:
+            assert torch.equal(value, current), key
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ema")
+    data = make_class_folders(root / "data", per_class=8)
+    assert train.main(train_args(data, root / "runs", "--epochs", "3", "--name", "ema", "--ema", "0.9",
+                                 "--label-smoothing", "0.1")) == 0
+    return root / "runs" / "ema"
+
+
+def test_ema_weights_differ_from_the_raw_ones_and_are_what_best_pth_holds(ema_run):
+    best, last = load(ema_run / "best.pth"), load(ema_run / "last.pth")
+    changed = [key for key, value in best["model"].items()
+               if value.is_floating_point() and not torch.equal(value, best["trained_model"][key])]
+    assert len(changed) > 100
+    assert last["ema_updates"] == 3 * math.ceil(18 / 4)  # one per optimizer step: 5 steps x 3 epochs
+    # validation scored the averaged weights: evaluating a checkpoint's "model" gives the recorded loss, its
+    # "trained_model" another one
+    split = json.loads((ema_run / "split.json").read_text())
+    image = best["image"]
+    dataset = MyDataSet([str(Path(split["root"]) / p) for p, _ in split["val"]], [label for _, label in split["val"]],
+                        EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"]))
+    loader = DataLoader(dataset, batch_size=4, collate_fn=MyDataSet.collate_fn)
+    settings = utils.StepSettings.for_device(torch.device("cpu"))
+
+    def val_loss(checkpoint: dict) -> float:
+        model = M.model_from_checkpoint(checkpoint).to(memory_format=torch.channels_last)
+        return utils.evaluate(model, loader, settings, 3, progress=False).loss
+
+    for checkpoint in (best, last):
+        recorded = checkpoint["history"][checkpoint["epoch"] - 1]["val_loss"]
+        assert val_loss(checkpoint) == pytest.approx(recorded, abs=1e-6)
+        assert abs(val_loss(recipe.trained_weights(checkpoint)) - recorded) > 1e-4
+
+
+def test_the_run_folder_records_the_resolved_recipe(ema_run):
+    saved = json.loads((ema_run / "recipe.json").read_text())
+    assert saved["ema"] == 0.9 and saved["label_smoothing"] == 0.1 and saved["recipe"] == "tutorial"
+    assert (saved["opt"], saved["weight_decay"], saved["drop_path"]) == ("sgd", 1e-4, 0.2)
+
+
+# --- augmentation and sampling ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("augment", ["trivialaugment", "randaugment"])
+def test_auto_augment_changes_images_reproducibly_per_sample(augment, tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    path = next((data / "red").iterdir())
+    plain = MyDataSet([str(path)], [0], recipe.train_transform(64, resolved()))
+    augmented = MyDataSet([str(path)], [0], recipe.train_transform(64, resolved("--auto-augment", augment)))
+    seeds = range(8)
+    assert all(torch.equal(augmented[(0, s)][0], augmented[(0, s)][0]) for s in seeds)  # seeded per sample
+    assert sum(not torch.equal(plain[(0, s)][0], augmented[(0, s)][0]) for s in seeds) >= 4
+
+
+def test_random_erase_blanks_a_rectangle(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    path = next((data / "green").iterdir())
+    erased = recipe.train_transform(64, resolved("--random-erase", "1"))
+    plain = recipe.train_transform(64, resolved())
+    for seed in range(4):
+        torch.manual_seed(seed)
+        blank = (erased(open_image(path)) == 0).all(0)
+        torch.manual_seed(seed)
+        assert (plain(open_image(path)) == 0).all(0).sum() < 5
+        rows, cols = blank.any(1).nonzero(), blank.any(0).nonzero()
+        assert blank.sum() >= 10 and blank.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+
+
+def test_balanced_sampling_draws_every_class_about_equally():
+    labels = [0] * 90 + [1] * 10
+    weights = recipe.sample_weights(labels, 2, resolved("--balanced-sampling"))
+    assert recipe.sample_weights(labels, 2, resolved()) is None
+    sampler = EpochSampler(len(labels), shuffle=True, seed=0, weights=weights)
+    drawn = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn.append([labels[i] for i, _ in sampler])
+    minority_share = sum(d.count(1) for d in drawn) / sum(len(d) for d in drawn)
+    assert len(drawn[0]) == 100 and 0.42 < minority_share < 0.58
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler)  # the same epoch draws the same again (resume)
+    pairs = list(sampler)
+    seeds = [seed for _, seed in pairs]
+    assert len(set(seeds)) == len(seeds)  # an image drawn twice is augmented twice, differently
+
+
+def test_balanced_sampling_reaches_the_training_loader(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    args = resolved(*train_args(data, tmp_path / "runs", "--balanced-sampling"))
+    split = utils.read_split_data(data, 0.25, 0, report=False)
+    images = {"train_size": 64, "eval_resize": 73, "eval_crop": 64, "interpolation": "bicubic"}
+    _, _, sampler = train.make_loaders(split, images, args, torch.device("cpu"), Distributed())
+    assert sampler.weights is not None and len(sampler.weights) == len(split.train_paths)
+
+
+# --- stochastic depth ------------------------------------------------------------------------------------------
+
+
+def test_drop_path_sets_the_block_rates_and_makes_training_passes_random():
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for rate in (0.0, 0.5):
+        model = train.build_model(resolved("--weights", "none", "--drop-path", str(rate)), 3, None, Distributed())
+        blocks = [m for m in model.modules() if isinstance(m, M.InvertedResidual)]
+        assert blocks[-1].drop_rate == pytest.approx(rate * 15 / 16)
+        model.train()
+        torch.manual_seed(1)
+        first = model.forward_features(x)
+        torch.manual_seed(2)
+        second = model.forward_features(x)
+        assert torch.equal(first, second) == (rate == 0.0)
+
+
+# --- early stopping and the best epoch ------------------------------------------------------------------------
+
+
+def _scripted_evaluation(monkeypatch, accuracies: list[float], stop_at_call: int | None = None) -> list[int]:
+    """utils.evaluate with the accuracy of the n-th call replaced by accuracies[n]; KeyboardInterrupt at
+    call `stop_at_call`. Returns the list of calls made so far (shared, so a resumed run continues it)."""
+    real, calls = utils.evaluate, []
+
+    def scripted(*args, **kwargs):
+        calls.append(len(calls))
+        if stop_at_call is not None and len(calls) == stop_at_call:
+            raise KeyboardInterrupt
+        return dataclasses.replace(real(*args, **kwargs), accuracy=accuracies[len(calls) - 1])
+
+    monkeypatch.setattr(utils, "evaluate", scripted)
+    return calls
+
+
+def test_early_stopping_stops_and_a_resumed_run_counts_on(tmp_path, monkeypatch, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    scores = [0.5, 0.6, 0.6, 0.55, 0.6, 0.6, 0.6, 0.6]
+    args = train_args(data, tmp_path / "runs", "--epochs", "8", "--early-stopping", "2")
+    _scripted_evaluation(monkeypatch, scores)
+    assert train.main([*args, "--name", "whole"]) == 0
+    out = capsys.readouterr().out
+    assert "early stopping: validation acc has not improved for 2 epochs (best at epoch 2)" in out
+    whole = load(tmp_path / "runs" / "whole" / "last.pth")
+    assert whole["epoch"] == 4 and whole["best_epoch"] == 2
+
+    _scripted_evaluation(monkeypatch, scores, stop_at_call=4)  # Ctrl-C in epoch 4, after 3 were saved
+    assert train.main([*args, "--name", "stopped"]) == 130
+    stopped = tmp_path / "runs" / "stopped"
+    assert load(stopped / "last.pth")["epoch"] == 3
+    calls = _scripted_evaluation(monkeypatch, scores[3:])
+    assert train.main(["--resume", str(stopped), "--progress", "false"]) == 0
+    assert len(calls) == 1  # epoch 4 only: the epoch without improvement before the stop was counted
+    resumed = load(stopped / "last.pth")
+    assert (resumed["epoch"], resumed["best_epoch"]) == (4, 2)
+    assert [row["val_acc"] for row in resumed["history"]] == [row["val_acc"] for row in whole["history"]]
+    assert train.main(["--resume", str(stopped), "--progress", "false"]) == 0  # stopped: nothing more to train
+    assert len(calls) == 1 and "has not improved" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("metric, best_epoch", [("acc", 1), ("macro_f1", 2)])
+def test_best_metric_picks_the_epoch_best_pth_holds(metric, best_epoch, tmp_path, monkeypatch):
+    # epoch 1 finds every blue and green image but no red one: higher accuracy (7 of 9), lower macro F1
+    # than epoch 2, which gets 6 of 9 right with every class found
+    epochs = [torch.tensor([[5, 0, 0], [0, 2, 0], [0, 2, 0]]), torch.tensor([[3, 2, 0], [0, 2, 0], [0, 1, 1]])]
+    real, calls = utils.evaluate, []
+
+    def scripted(*args, **kwargs):
+        confusion = epochs[len(calls)]
+        calls.append(1)
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, confusion=confusion, accuracy=confusion.trace().item() / 9)
+
+    monkeypatch.setattr(utils, "evaluate", scripted)
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "m",
+                                 "--best-metric", metric)) == 0
+    best = load(tmp_path / "runs" / "m" / "best.pth")
+    assert best["epoch"] == best["best_epoch"] == best_epoch
+    assert best["best_acc"] == pytest.approx(epochs[best_epoch - 1].trace().item() / 9)
+
+
+# --- bad settings: one clear line before any work --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--label-smoothing", "-0.1"], "--label-smoothing -0.1"),
+    (["--label-smoothing", "1"], "--label-smoothing 1.0"),
+    (["--warmup-epochs", "30"], "--warmup-epochs 30"),
+    (["--ema", "1.5"], "--ema 1.5"),
+    (["--random-erase", "2"], "--random-erase 2.0"),
+    (["--mixup-alpha", "-1"], "--mixup-alpha -1.0"),
+    (["--cutmix-alpha", "-0.5"], "--cutmix-alpha -0.5"),
+    (["--drop-path", "1"], "--drop-path 1.0"),
+    (["--early-stopping", "0"], "--early-stopping 0"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0"),
+    (["--class-weights", "auto", "--balanced-sampling"], "use one of them"),
+])
+def test_impossible_recipes_are_refused_before_any_download(flags, fragment, tmp_path, capsys, monkeypatch,
+                                                            closed_port_url):
+    monkeypatch.chdir(tmp_path)  # the default data folder is missing: a late check would try to download first
+    monkeypatch.setenv(flower_photos.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
+    _fails_with(["--weights", "none", *flags], capsys, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--auto-augment", "autoaugment"), ("--opt", "lion"),
+                                         ("--recipe", "fancy"), ("--best-metric", "loss")])
+def test_unknown_names_are_refused_by_the_parser(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([flag, value])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_info.value.code == 2 and len(errors) == 1 and f"invalid choice: '{value}'" in errors[0]
