@@ -64,7 +64,7 @@ class Service:
     the main backend has no gradients, a PyTorch classifier of the same weights opened for Grad-CAM."""
 
     def __init__(self, classifier: Classifier, open_torch: Callable[[], Classifier], limits: Limits,
-                 max_batch: int = 32, wait_s: float = 0.005, decode_threads: int | None = None) -> None:
+                 max_batch: int = 32, wait_s: float = 0.0, decode_threads: int | None = None) -> None:
         self.classifier = classifier
         self.limits = limits
         self._open_torch = open_torch
@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-upload-mb", type=float, default=50, help="largest request body, all files together (default 50)")
     add("--max-files", type=int, default=32, help="most photos in one request (default 32)")
     add("--max-batch", type=int, default=32, help="most photos the model runs at once (default 32)")
-    add("--batch-wait-ms", type=float, default=5,
-        help="how long a photo waits for others to share its batch when the model is idle (default 5)")
+    add("--batch-wait-ms", type=float, default=0,
+        help="how long a photo that finds the model idle waits for others to share its batch (default 0: it runs "
+             "at once, and the photos that arrive meanwhile form the next batch; measured best in BENCHMARKS.md)")
     add("--log-level", default="info", choices=("warning", "info", "debug"),
         help="server log: info shows every request (default info)")
     return parser

@@ -2,9 +2,9 @@
 
 A web request brings one photo or a few. Run one at a time, the model works at its batch-1 speed; stacked,
 at its batch-32 speed: with PyTorch on our CPUs about twice as many images per second (BENCHMARKS.md).
-`BatchWorker` takes the first image waiting, waits up to `wait_s` for others (at most `max_batch` in all)
-and runs them in one call; under load, whatever queued while the previous batch ran goes in the next one
-at once. It is the only thread that touches the model, so a backend need not be thread-safe; other work on
+`BatchWorker` takes every image waiting (at most `max_batch`) and runs them in one call: an image that finds
+the model idle runs at once (or after `wait_s`, if set, for company), and under load whatever queued while
+the previous batch ran goes in the next one. It is the only thread that touches the model, so a backend need not be thread-safe; other work on
 the model (Grad-CAM) queues on the same thread through `call`. No PyTorch here: the model is a callable.
 """
 import queue
@@ -43,7 +43,7 @@ class BatchWorker:
     """Runs `score_batch((N, ...) float32) -> (N, ...)` on batches of the images submitted from any thread."""
 
     def __init__(self, score_batch: Callable[[np.ndarray], np.ndarray], max_batch: int = 32,
-                 wait_s: float = 0.005, max_queued: int = 256) -> None:
+                 wait_s: float = 0.0, max_queued: int = 256) -> None:
         self._score_batch = score_batch
         self.max_batch = max_batch
         self.wait_s = wait_s

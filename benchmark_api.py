@@ -10,7 +10,6 @@ cores as the servers, as they would on one machine. For scale, the model alone (
 batch 1 and batch 32 is measured too.
 """
 import io
-import json
 import os
 import socket
 import statistics
@@ -26,8 +25,11 @@ import numpy as np
 import torch
 
 from inference import Classifier
+from files import save_checkpoint
 from model import create_model
+from onnx_export import export_checkpoint
 from runtime import keep_freed_memory_for_reuse
+from weights import checkpoint_fields
 
 APP = Path(__file__).resolve().parent / "app.py"
 CLIENTS = (1, 8)
@@ -35,11 +37,13 @@ REQUESTS_PER_ROUND = 64  # per round and server, shared among the clients
 
 
 def write_weights(folder: Path, variant: str, class_names: list[str]) -> Path:
-    """A bare state_dict of a random `variant` with a class_indices.json beside it, as app.py reads them."""
+    """What a training run leaves: a checkpoint of a random `variant` (speed does not depend on what the
+    weights learned) with its best.onnx beside it, so app.py serves it as it would a run's model."""
     torch.manual_seed(0)
-    path = folder / f"{variant}.pth"
-    torch.save(create_model(variant, num_classes=len(class_names)).state_dict(), path)
-    (folder / "class_indices.json").write_text(json.dumps({str(i): name for i, name in enumerate(class_names)}))
+    path = folder / "best.pth"
+    model = create_model(variant, num_classes=len(class_names))
+    save_checkpoint({**checkpoint_fields(model), "class_names": class_names}, path)
+    export_checkpoint(path)
     return path
 
 
@@ -118,8 +122,9 @@ def measure(bases: dict[str, str], photos: list[tuple[str, bytes]], rounds: int)
     return results
 
 
-def model_alone(weights: Path, variant: str, photos: list[tuple[str, bytes]], rounds: int) -> dict[int, float]:
-    """Images/s of the served model in this process, without HTTP, at batch 1 and batch 32."""
+def model_alone(weights: Path, variant: str, photos: list[tuple[str, bytes]],
+                rounds: int) -> tuple[dict[int, float], str]:
+    """(images/s of the served model in this process, without HTTP, at batch 1 and batch 32; its backend)."""
     keep_freed_memory_for_reuse()  # as app.py runs
     classifier = Classifier.from_weights(weights, variant)
     arrays = [classifier.preprocess(io.BytesIO(data)) for _, data in photos[:32]]
@@ -134,7 +139,7 @@ def model_alone(weights: Path, variant: str, photos: list[tuple[str, bytes]], ro
                 classifier.probabilities(stacked)
             timings.append(time.perf_counter() - start)
         rates[batch] = 32 / statistics.median(timings)
-    return rates
+    return rates, classifier.backend.name
 
 
 def format_table(results: dict[tuple[str, int], dict], alone: dict[int, float]) -> str:
@@ -166,7 +171,8 @@ def api_section(variant: str, photo_paths: list[str], rounds: int, threads: int 
         with AppServer(*common, "--max-batch", "1", log=Path(folder) / "off.log", threads=threads) as off, \
                 AppServer(*common, log=Path(folder) / "on.log", threads=threads) as on:
             results = measure({"off": off.url, "on": on.url}, photos, rounds)
-        alone = model_alone(weights, variant, photos, rounds)
-    return (f"HTTP API: app.py serving efficientnet_{variant} ({len(class_names)} classes, random weights), one "
+        alone, backend = model_alone(weights, variant, photos, rounds)
+    return (f"HTTP API: app.py serving efficientnet_{variant} ({len(class_names)} classes, random weights, "
+            f"{backend} backend as for a run's best.pth with its best.onnx), one "
             f"photo per request from {len(photos)} real photos; {REQUESTS_PER_ROUND} requests per round\n\n"
             + format_table(results, alone))

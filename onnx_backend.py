@@ -181,12 +181,10 @@ def _static(dimension: Any) -> int | None:
 class OnnxRuntimeBackend(ExportedBackend):
     """An .onnx in an ONNX Runtime CPU session.
 
-    ONNX Runtime's defaults (every graph optimisation: Sigmoid x Mul fused, convolutions in the blocked
-    NCHWc layout; one thread per core), except that idle worker threads sleep instead of spinning. A
-    spinning thread holds its core while it waits for the others, so as soon as anything else wants the
-    CPU (the decoding threads of Classifier.scores, another process) the threads wait on each other:
-    measured 1.3x faster on a folder of photos and up to 2x at batch 1 beside one busy process, against
-    about 5% slower at batch 1 on a nearly idle machine (BENCHMARKS.md lists what was tried).
+    ONNX Runtime's defaults: every graph optimisation (Sigmoid x Mul fused, convolutions in the blocked
+    NCHWc layout), one thread per core, worker threads that spin while they wait. Each was measured against
+    the alternatives on an idle 2-core machine; BENCHMARKS.md lists what was tried. (Sleeping threads won
+    only beside another busy process, and lost 1.2-1.3x at batch 1 and 32 on an idle machine.)
     """
 
     name = "onnxruntime"
@@ -197,7 +195,6 @@ class OnnxRuntimeBackend(ExportedBackend):
         path = _existing(path)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's input
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # ONNX Runtime raises its own exception types for every kind of bad file
