@@ -1,14 +1,21 @@
-"""Class names for a model that does not carry its own (a bare state_dict, a plain ONNX export).
+"""Class names for a model: from --class-indices, found beside the weights or here, or the model's own.
 
-A class_indices.json maps "0", "1", ... to names, as the tutorial writes it. Where none is given, the first
-one beside the weights and then in the current folder whose count fits the model is used, and the caller
-is told which.
+A class_indices.json maps "0", "1", ... to names, as the tutorial writes it. For a model that does not carry
+its own names (a bare state_dict, a plain ONNX export) and no --class-indices, the first one beside the
+weights and then in the current folder whose count fits the model is used, with a note saying which. For a
+model that does carry them (this project's checkpoints and exports), --class-indices replaces them when
+its count fits, with a note, and is refused when it does not.
 """
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from cli import UsageError
+
+
+class ClassNamesError(UsageError):
+    """Class names that cannot be read or do not fit the model: the same whatever backend runs it."""
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -17,7 +24,7 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         mapping = json.loads(Path(path).read_text())
         names = [str(mapping[str(i)]) for i in range(len(mapping))]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UsageError(f"{path} is not a readable class_indices.json mapping '0', '1', ... to names "
+        raise ClassNamesError(f"{path} is not a readable class_indices.json mapping '0', '1', ... to names "
                          f"({type(error).__name__}: {error})") from None
     return names
 
@@ -28,20 +35,44 @@ def imagenet_class_names() -> list[str]:
     return list(EfficientNet_B0_Weights.DEFAULT.meta["categories"])
 
 
-def find_class_names(weights: Path | None, explicit: str | None, num_classes: int | None) -> tuple[list[str], str]:
-    """(names, where they came from): --class-indices, else the first class_indices.json (beside the
+class ClassNames(NamedTuple):
+    names: list[str]
+    origin: str  # where they came from, in words, for messages
+    note: str | None = None  # what to tell the user when they were not what the model or the user said
+
+
+def find_class_names(weights: Path | None, explicit: str | None, num_classes: int | None) -> ClassNames:
+    """The names of a model without its own: --class-indices, else the first class_indices.json (beside the
     weights, then here) whose count fits the weights, else ImageNet's for a 1000-class model."""
     if explicit:
-        return read_class_names(explicit), explicit
+        return ClassNames(read_class_names(explicit), explicit)
+    unnamed = f"{weights or 'the model'} carries no class names"
     passed_over = []
-    for candidate in ([weights.parent / "class_indices.json"] if weights else []) + [Path("class_indices.json")]:
+    candidates = [(weights.parent / "class_indices.json", "beside the weights")] if weights else []
+    for candidate, where in candidates + [(Path("class_indices.json"), "in the current folder")]:
         if candidate.is_file():
             names = read_class_names(candidate)
             if num_classes is None or len(names) == num_classes:
-                return names, str(candidate)
+                return ClassNames(names, str(candidate), f"{unnamed}; using the {len(names)} in {candidate} "
+                                                         f"(found {where}); pass --class-indices FILE for others")
             passed_over.append(f"{candidate} has {len(names)}")
     if num_classes == 1000:
-        return imagenet_class_names(), "torchvision's ImageNet categories"
+        return ClassNames(imagenet_class_names(), "torchvision's ImageNet categories",
+                          f"{unnamed}; using torchvision's ImageNet categories for its 1000 classes")
     found = f" ({'; '.join(passed_over)})" if passed_over else ""
-    raise UsageError(f"no class_indices.json with the weights' {num_classes or 'unknown number of'} classes "
+    raise ClassNamesError(f"no class_indices.json with the weights' {num_classes or 'unknown number of'} classes "
                      f"beside them or in this folder{found}; pass --class-indices FILE")
+
+
+def replace_own_names(own: list[str], explicit: str | None, model: str) -> ClassNames:
+    """The names of a model that carries its own: those, or the --class-indices file's when one is given and
+    its count fits (with a note when they differ); a UsageError when its count does not fit."""
+    if not explicit:
+        return ClassNames(own, model)
+    names = read_class_names(explicit)
+    shown = ", ".join(own[:10]) + (", ..." if len(own) > 10 else "")
+    if len(names) != len(own):
+        raise ClassNamesError(f"--class-indices {explicit} has {len(names)} class names but {model} has {len(own)} "
+                         f"classes; leave it out to use the model's own ({shown})")
+    note = None if names == own else f"using the class names of {explicit} instead of those {model} carries ({shown})"
+    return ClassNames(names, explicit, note)

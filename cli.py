@@ -1,5 +1,7 @@
-"""What the command-line programs share: the usage error they report in one line, yes/no and variant flags."""
+"""What the command-line programs share: the usage error they report in one line, yes/no, variant and device
+flags, and file names made printable."""
 import argparse
+import re
 import sys
 
 from variants import variant_name
@@ -27,7 +29,29 @@ def parse_variant(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device_name(name: str) -> str:
+    """The type of a --device name such as cpu, cuda or cuda:1 (checked without importing PyTorch, so that a
+    wrong name is reported as such whatever backend would run the model); UsageError for anything else."""
+    match = re.fullmatch(r"([a-z_]+)(:\d+)?", name.strip())
+    if match is None or match.group(1) not in DEVICE_TYPES:
+        raise UsageError(f"--device {name}: only {', '.join(DEVICE_TYPES[:-1])} and {DEVICE_TYPES[-1]} are "
+                         f"supported (e.g. cpu, cuda, cuda:1)")
+    return match.group(1)
+
+
+def printable(text: str) -> str:
+    """`text` as any UTF-8 stream can print it: the bytes of a file name that are not UTF-8 (which Python
+    carries as lone surrogates, such as b'caf\\xe9.jpg' read as 'caf\\udce9.jpg') shown as \\xNN escapes."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decodes to: escape the code point itself
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def report(message: str, status: int = 2) -> int:
     """Print `error: message` on stderr and return the exit status to use."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     return status

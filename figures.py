@@ -1,7 +1,13 @@
 """Figures, written headlessly as PNG files: learning curves, confusion matrix, class distribution, and a
-photo with its top classes (and Grad-CAM overlay)."""
+photo with its top classes (and Grad-CAM overlay).
+
+A prediction figure saved as PNG carries a text chunk (PREDICTION_MARK) that says predict.py drew it, so
+that predict.py can replace its own earlier figures without asking, refuse to replace anything else, and
+pass over its figures when it walks a folder of photos.
+"""
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -9,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from files import write_bytes
+from images import open_image
 
 
 def pyplot(headless: bool = True) -> Any:
@@ -23,12 +30,41 @@ def pyplot(headless: bool = True) -> Any:
     return plt
 
 
-def _save_figure(figure: Any, path: str | os.PathLike) -> None:
-    """Render to memory first, so that a full disk is reported with the space the PNG needs."""
+PREDICTION_MARK = ("efficientnet-tutorial", "predict.py figure")  # PNG text chunk: keyword, text
+
+
+def is_prediction_figure(path: str | os.PathLike) -> bool:
+    """Whether `path` is a PNG that predict.py wrote (it carries PREDICTION_MARK); reads the header only."""
+    try:
+        with open_image(path) as image:  # warns of nothing, refuses what is too large to be a figure
+            return image.format == "PNG" and image.info.get(PREDICTION_MARK[0]) == PREDICTION_MARK[1]
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of our figures
+        return False
+
+
+def display_available() -> bool:
+    """Whether a window can open: on Linux and other X11/Wayland systems only when DISPLAY or
+    WAYLAND_DISPLAY is set (without either, matplotlib falls back to a backend that shows nothing)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _write_figure(figure: Any, path: str | os.PathLike, marked: bool = False, **options: Any) -> None:
+    """Render to memory first, so that a full disk is reported with the space the file needs, then write it
+    atomically: an interrupted run leaves no half figure, and a name that is a link to another file is
+    replaced, never written through. The format follows the suffix (PNG without one)."""
+    file_format = Path(path).suffix.lower().lstrip(".") or "png"
+    if marked and file_format == "png":
+        options["metadata"] = dict([PREDICTION_MARK])
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    pyplot().close(figure)
+    figure.savefig(buffer, format=file_format, dpi=100, **options)
     write_bytes(path, buffer.getvalue())
+
+
+def _save_figure(figure: Any, path: str | os.PathLike) -> None:
+    _write_figure(figure, path, bbox_inches="tight")
+    pyplot().close(figure)
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
@@ -95,7 +131,7 @@ def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int],
 def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str, float]], path: str,
                       show: bool = False, cam: "np.ndarray | None" = None) -> None:
     """The photo beside a bar chart of its top-k classes (and the Grad-CAM overlay when given); written to
-    `path` when it is not empty, shown in a window when `show`."""
+    `path` when it is not empty (marked as predict.py's when it is a PNG), shown in a window when `show`."""
     plt = pyplot(headless=not show)
     panels = 3 if cam is not None else 2
     figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
@@ -112,7 +148,7 @@ def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str,
     figure.tight_layout()
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
+        _write_figure(figure, path, marked=True)
     if show:
         plt.show()
     plt.close(figure)

@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 import onnx_backend
-from cli import UsageError
+from class_names import ClassNamesError
+from cli import UsageError, check_device_name
 from images import Preprocessing
 from variants import variant_name
 
@@ -44,6 +45,7 @@ class Backend(Protocol):
     class_names: list[str]
     preprocessing: Preprocessing
     origin: str  # where the model came from, in words
+    class_names_note: str | None  # where the class names came from, when the user should be told
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 preprocessed images -> (N, classes) float32 probabilities."""
@@ -104,6 +106,8 @@ def open_backend(weights: str | os.PathLike, model_name: str = "b0", class_indic
     request (see the module's docstring). `gradients`: Grad-CAM will be asked for."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if device is not None:  # a wrong name is that, not a reason to need another backend
+        check_device_name(str(device))
     needs_torch = torch_only(weights, device, precision, gradients)
     suffix = Path(str(weights)).suffix.lower()
     if suffix in onnx_backend.EXPORTED_SUFFIXES:
@@ -143,6 +147,8 @@ def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, cla
         return None  # the torch backend reports a missing checkpoint
     try:
         return onnx_backend.load(exported, backend, model_name, class_indices, checkpoint=checkpoint)
+    except ClassNamesError:  # about the names given, not the export: PyTorch would refuse them alike
+        raise
     except UsageError as error:
         if required:
             raise
@@ -185,7 +191,10 @@ class Classifier:
         weights = newest_checkpoint() if weights is None else weights
         opened_with = dict(weights=weights, model_name=model_name, class_indices=class_indices, device=device,
                            precision=precision)
-        classifier = cls(open_backend(**opened_with, backend=backend, gradients=gradients), tta=tta)
+        opened = open_backend(**opened_with, backend=backend, gradients=gradients)
+        if getattr(opened, "class_names_note", None):  # names found on their own, or replaced by --class-indices
+            _note(opened.class_names_note)
+        classifier = cls(opened, tta=tta)
         classifier._opened_with = opened_with
         return classifier
 

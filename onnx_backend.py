@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from class_names import find_class_names
+from class_names import find_class_names, replace_own_names
 from cli import UsageError
 from download import sha256_of
 from images import Preprocessing
@@ -70,6 +70,7 @@ class ModelCard:
     checkpoint: dict[str, Any] | None  # checkpoint_identity() of the file it was exported from
     outputs_probabilities: bool | None  # None for a plain export: decided from its outputs
     origin: str
+    class_names_note: str | None = None  # where the names came from, when the user should know
 
 
 def metadata_entries(class_names: list[str], variant: str, image: Mapping[str, Any],
@@ -89,21 +90,22 @@ def read_card(path: Path, metadata: Mapping[str, str], outputs: int | None, mode
     """The card of an exported model from its metadata; a plain export's from --class-indices and --model
     (its preprocessing scaled to the input size, when the model fixes one)."""
     if metadata.get("format") != EXPORT_FORMAT:
-        names, names_origin = find_class_names(path, class_indices, outputs)
+        found = find_class_names(path, class_indices, outputs)
         preprocessing = Preprocessing.from_settings(image_settings(model_name, input_size))
-        card = ModelCard(names, preprocessing, None, None, None, f"{path} (plain ONNX; class names from "
-                         f"{names_origin}, preprocessing of {model_name} at {preprocessing.crop} px)")
+        card = ModelCard(found.names, preprocessing, None, None, None, f"{path} (plain ONNX; class names from "
+                         f"{found.origin}, preprocessing of {model_name} at {preprocessing.crop} px)", found.note)
     else:
         try:
-            names = [str(name) for name in json.loads(metadata["class_names"])]
+            own = [str(name) for name in json.loads(metadata["class_names"])]
             preprocessing = Preprocessing.from_settings(json.loads(metadata["image"]))
             variant = variant_name(metadata["variant"])
             checkpoint = json.loads(metadata["checkpoint"]) if "checkpoint" in metadata else None
         except (KeyError, ValueError, TypeError) as error:
             raise UsageError(f"{path}: damaged metadata ({type(error).__name__}: {error}); export it again with "
                              f"'python export.py CHECKPOINT'") from None
-        card = ModelCard(names, preprocessing, variant, checkpoint, metadata.get("output") == "probabilities",
-                         str(path))
+        found = replace_own_names(own, class_indices, str(path))
+        card = ModelCard(found.names, preprocessing, variant, checkpoint, metadata.get("output") == "probabilities",
+                         str(path), found.note)
     if outputs is not None and outputs != len(card.class_names):
         raise UsageError(f"{path} outputs {outputs} classes but has {len(card.class_names)} class names "
                          f"(from {card.origin}); give a class_indices.json with {outputs} with --class-indices")
@@ -142,6 +144,7 @@ class ExportedBackend:
         self.preprocessing = self.card.preprocessing
         self.variant = self.card.variant
         self.origin = self.card.origin
+        self.class_names_note = self.card.class_names_note
         crop = self.preprocessing.crop
         if len(input_shape) != 4 or any(size not in (None, expected) for size, expected in
                                         zip(input_shape[1:], (3, crop, crop))):

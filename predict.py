@@ -5,6 +5,7 @@
     python predict.py photos/ --json > results.jsonl    # one JSON object per line; --csv FILE for a table
     python predict.py rose.jpg --weights model-29.pth --model b0 --class-indices class_indices.json
     python predict.py rose.jpg --save rose_pred.png --cam
+    python predict.py photos/ --save photos/            # a <photo>_pred.png figure beside each photo
 
 From a notebook:
 
@@ -13,15 +14,19 @@ From a notebook:
     # -> [[("roses", 0.93), ("tulips", 0.04), ...], ...]
 """
 import argparse
+import contextlib
 import csv
 import glob
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from cli import UsageError, report
+import figures
+from cli import UsageError, printable, report
 from images import images_under
 # Re-exported for notebooks and scripts written against earlier versions of this file.
 from inference import (DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
@@ -32,21 +37,35 @@ PRECISIONS = ("float32", "bfloat16")
 
 def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
     """Files, folders (searched recursively for images) and globs, in order, as paths; an argument that
-    matches nothing comes as a Scored with its error set."""
+    matches nothing comes as a Scored with its error set. Folders and globs pass over the figures predict.py
+    saved (a --save into the photos' own folder), which are not photos; a file named by itself is taken."""
     for argument in arguments:
         if os.path.isdir(argument):
-            count = 0
-            for count, path in enumerate(images_under(argument), 1):
-                yield path
-            if not count:
-                yield Scored(argument, error="folder holds no images")
+            yield from _photos_among(images_under(argument), argument, "folder holds no images")
         elif os.path.exists(argument):
             yield argument
         elif glob.has_magic(argument):
             found = sorted(p for p in glob.glob(argument, recursive=True) if os.path.isfile(p))
-            yield from found or [Scored(argument, error="no file matches this pattern")]
+            yield from _photos_among(found, argument, "no file matches this pattern")
         else:
             yield Scored(argument, error="no such file")
+
+
+def _photos_among(paths: Iterable[str], argument: str, none_found: str) -> Iterator[str | Scored]:
+    """`paths` without predict.py's own figures, with a note of how many were passed over; a Scored with the
+    error `none_found` when nothing is left."""
+    photos = passed_over = 0
+    for path in paths:
+        if path.lower().endswith(".png") and figures.is_prediction_figure(path):
+            passed_over += 1
+        else:
+            photos += 1
+            yield path
+    if passed_over:
+        print(f"note: {printable(argument)}: passed over {passed_over} figure{'s' if passed_over > 1 else ''} "
+              f"that predict.py saved there", file=sys.stderr, flush=True)
+    if not photos:
+        yield Scored(argument, error=none_found + (" but predict.py's figures" if passed_over else ""))
 
 
 def figure_path(template: str | None, source: str, index: int | None, suffix: str = "") -> str:
@@ -80,18 +99,42 @@ def check_figure_name(template: str | None) -> None:
                            f"{', '.join('.' + e for e in sorted(supported))}")
 
 
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, links followed, or None where there is none: every name of one
+    file (a hard link, a symbolic link, another spelling of the path) has the same."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def check_figure_target(path: str, photos: dict[tuple[int, int], str], overwrite: bool) -> None:
+    """Refuse a figure name that is one of the input photos, compared as files, not names (never, even with
+    --overwrite), or an existing file that predict.py did not draw (unless `overwrite`)."""
+    identity = file_identity(path)
+    if identity is None:
+        return
+    if identity in photos:
+        photo = photos[identity]
+        other_name = "" if photo == path else f" ({path} is another name of it)"
+        raise UsageError(f"its figure would overwrite the photo {photo}{other_name}; choose another --save")
+    if not overwrite and not figures.is_prediction_figure(path):
+        raise UsageError(f"{path} exists and is not a figure of predict.py; pass --overwrite to replace it, or "
+                         f"choose another --save")
+
+
 def write_figures(classifier: Classifier, result: Prediction, args: argparse.Namespace, position: int | None,
-                  inputs: set[Path]) -> None:
-    """The --cam and --save/--show figures of one classified image; never over one of the input photos."""
+                  photos: dict[tuple[int, int], str]) -> None:
+    """The --cam and --save/--show figures of one classified image; never over one of the input photos, and
+    over another existing file only when it is an earlier figure of ours or --overwrite says so."""
     def target(path: str) -> str:
-        if path and Path(path).resolve() in inputs:
-            raise UsageError(f"its figure would overwrite the photo {path}; choose another --save")
+        if path:
+            check_figure_target(path, photos, args.overwrite)
         return path
 
-    import figures
-
     view = None
-    title = Path(result.source).name
+    title = printable(Path(result.source).name)
     if args.cam:
         view, cam, _ = classifier.grad_cam(result.source)
         cam_path = figure_path(args.save or os.path.join(args.cam_dir, ""), result.source, position, "_cam")
@@ -114,6 +157,7 @@ class Output:
         self.json, self.top_k = args.json, min(args.top_k or 5, class_count)
         self.csv_file: IO[str] | None = None
         self.bar: Any = None
+        self.written = 0  # results written to every output
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -125,6 +169,13 @@ class Output:
             self.csv.writerow(["image", *(f"{kind}_{r}" for r in ranks for kind in ("class", "probability")), "error"])
 
     def write(self, result: Prediction) -> None:
+        """Print and write one result everywhere; Ctrl-C waits until it is complete in every output."""
+        with interrupts_deferred():
+            self._write(Prediction(printable(result.source), [(printable(c), p) for c, p in result.ranked],
+                                   result.error and printable(result.error)))
+            self.written += 1  # in the block: a Ctrl-C held back during the writes is raised after it
+
+    def _write(self, result: Prediction) -> None:
         if self.json:
             self._print(json.dumps({"image": result.source, "error": result.error, "predictions": [
                 {"class": c, "probability": round(p, 6)} for c, p in result.ranked]}), sys.stdout)
@@ -152,6 +203,23 @@ class Output:
             self.csv_file.close()
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is done, then act on it as Python would have: a result is then
+    in every output (stdout, --csv) or in none."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):  # Python's own handler raises KeyboardInterrupt
+            previous(signal.SIGINT, None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -167,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--save", default=None, metavar="OUT.png",
         help="write the photo with its top-k bar chart (OUT_<n>_<image>.png for several images; a FOLDER/ "
              "gets one <image>_pred.png per image)")
+    add("--overwrite", action="store_true",
+        help="let --save and --cam replace existing files that are not predict.py's own figures (its earlier "
+             "figures are replaced anyway; the input photos never are)")
     add("--show", action="store_true", help="open the figure in a window, as the tutorial did")
     add("--cam", action="store_true", help="also save a Grad-CAM heat map of where the network looked")
     add("--cam-dir", default="gradcam", help="folder for Grad-CAM images without --save (default gradcam/)")
@@ -179,7 +250,8 @@ def classify_all(classifier: Classifier, inputs: Iterable[str | Scored], args: a
     figures_wanted = args.save or args.cam or args.show
     if figures_wanted:  # figures must never overwrite a photo: know them all first
         inputs = list(inputs)
-        several, photos = len(inputs) > 1, {Path(item).resolve() for item in inputs if isinstance(item, str)}
+        identities = ((file_identity(item), item) for item in inputs if isinstance(item, str))
+        several, photos = len(inputs) > 1, {identity: item for identity, item in identities if identity}
     all_well = True
     for position, scored in enumerate(classifier.scores(inputs, args.batch_size)):
         result = Prediction(scored.source, classifier.rank(scored.probabilities, args.top_k)
@@ -196,20 +268,30 @@ def classify_all(classifier: Classifier, inputs: Iterable[str | Scored], args: a
     return all_well
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.top_k is not None and args.top_k < 1 or args.batch_size < 1:
-        return report("--top-k and --batch-size must be at least 1")
-    try:
-        check_figure_name(args.save)
-        classifier = classifier_from_flags(args, precision=args.precision, gradients=args.cam)
-    except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
-        return report(str(error))
+def open_classifier(args: argparse.Namespace) -> Classifier:
+    check_figure_name(args.save)
+    classifier = classifier_from_flags(args, precision=args.precision, gradients=args.cam)
     if classifier.backend.name == "torch":
         from runtime import keep_freed_memory_for_reuse
 
         keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
+    return classifier
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k is not None and args.top_k < 1 or args.batch_size < 1:
+        return report("--top-k and --batch-size must be at least 1")
+    if args.show and not figures.display_available():  # matplotlib would fall back to drawing nowhere
+        print("warning: --show: no display here (neither DISPLAY nor WAYLAND_DISPLAY is set), so no window opens; "
+              "keep the figures with --save FILE.png", file=sys.stderr)
+        args.show = False
+    try:
+        classifier = open_classifier(args)
+    except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
+        return report(str(error))
+    except KeyboardInterrupt:
+        return report("interrupted while the model was loading; nothing was classified", status=130)
     try:
         output = Output(args, len(classifier.class_names))
     except OSError as error:
@@ -218,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if classify_all(classifier, expand_inputs(args.images), args, output) else 1
     except NonFiniteOutputError as error:
         return report(str(error), status=1)
+    except KeyboardInterrupt:  # what was written stays: every result is complete in every output
+        also = f" (also in {args.csv})" if args.csv else ""
+        return report(f"interrupted after {output.written} image{'s' if output.written != 1 else ''}; the "
+                      f"results written so far are complete{also}", status=130)
     except BrokenPipeError:  # the reader stopped early (predict.py ... | head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0

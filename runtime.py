@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from cli import UsageError
+from cli import UsageError, check_device_name
 
 
 def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
@@ -53,8 +53,9 @@ def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = Fa
             raise UsageError(f"LOCAL_RANK {local_rank}, but only {torch.cuda.device_count()} CUDA device(s) "
                              f"exist; start at most that many processes per machine")
         return torch.device("cuda", local_rank)
+    check_device_name(name)
     try:
-        device = torch.device(name)
+        device = torch.device(name.strip())
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device name; use e.g. cpu, cuda or cuda:1") from None
     if distributed and device.index is not None:
@@ -69,6 +70,4 @@ def resolve_device(name: str | None, local_rank: int = 0, distributed: bool = Fa
         return torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {name}: MPS is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name}: only cpu, cuda and mps are supported")
     return device

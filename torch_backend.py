@@ -11,7 +11,7 @@ import torch.nn.utils.fusion
 from PIL import Image
 from torch import nn
 
-from class_names import find_class_names, imagenet_class_names, read_class_names
+from class_names import ClassNames, find_class_names, imagenet_class_names, read_class_names, replace_own_names
 from cli import UsageError
 from images import Preprocessing, normalize
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
@@ -44,6 +44,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    class_names_note: str | None = None  # set by load(): where the names came from, when the user should know
 
     def __init__(self, model: EfficientNet, class_names: Sequence[str], image: Mapping[str, Any] | None = None,
                  device: str | torch.device | None = None, precision: str = "float32",
@@ -113,14 +114,20 @@ def load(weights: str | os.PathLike, model_name: str = "b0", class_indices: str 
     if is_checkpoint(loaded):
         header = checkpoint_header(loaded, str(path))  # a hand-edited field is named here, with the file
         model = model_from_checkpoint(loaded)
-        names = (header.class_names or (read_class_names(class_indices) if class_indices else None)
-                 or [str(i) for i in range(model.num_classes)])  # numbered when nobody names them
-        return TorchBackend(model, names, header.image, device, precision, origin=str(path))
-    names, names_origin = find_class_names(path, class_indices, _classifier_rows(loaded))
-    model = create_model(model_name, num_classes=len(names))
-    try:
-        load_weights(model, loaded, allow_new_classifier=False, verbose=False)
-    except WeightsError as error:
-        raise UsageError(f"{path}: {error} (class names: {len(names)} from {names_origin})") from None
-    return TorchBackend(model, names, device=device, precision=precision,
-                        origin=f"{path} (class names from {names_origin})")
+        if header.class_names:
+            found = replace_own_names(header.class_names, class_indices, str(path))
+        else:  # numbered when nobody names them
+            found = ClassNames(read_class_names(class_indices) if class_indices else
+                               [str(i) for i in range(model.num_classes)], str(path))
+        backend = TorchBackend(model, found.names, header.image, device, precision, origin=str(path))
+    else:
+        found = find_class_names(path, class_indices, _classifier_rows(loaded))
+        model = create_model(model_name, num_classes=len(found.names))
+        try:
+            load_weights(model, loaded, allow_new_classifier=False, verbose=False)
+        except WeightsError as error:
+            raise UsageError(f"{path}: {error} (class names: {len(found.names)} from {found.origin})") from None
+        backend = TorchBackend(model, found.names, device=device, precision=precision,
+                               origin=f"{path} (class names from {found.origin})")
+    backend.class_names_note = found.note
+    return backend

@@ -357,7 +357,7 @@ def test_class_count_that_disagrees_with_the_folders(tmp_path, capsys):
 def test_unavailable_device(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     _fails_with(train_args(data, tmp_path / "runs", "--device", "cuda:99"), capsys, "--device cuda:99")
-    _fails_with(train_args(data, tmp_path / "runs", "--device", "toaster"), capsys, "--device 'toaster'")
+    _fails_with(train_args(data, tmp_path / "runs", "--device", "toaster"), capsys, "--device toaster: only cpu, cuda and mps")
 
 
 def test_missing_or_empty_data_path(tmp_path, capsys):
