@@ -141,9 +141,14 @@ def _float_to_8_bit(values: np.ndarray) -> np.ndarray:
 def normalize(image: Image.Image, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
     """(3, H, W) float32 array: pixels / 255, minus the mean, over the std, as ToTensor + Normalize do
     (the same float32 operations in the same order, so the same bits)."""
-    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    # Channels first while still bytes, then in place one channel at a time: 4x faster than broadcasting
+    # over the last axis (BENCHMARKS.md, data pipeline), and the same float32 operations on every pixel.
+    pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32)
+    pixels /= np.float32(255)
+    for channel, channel_mean, channel_std in zip(pixels, np.asarray(mean, np.float32), np.asarray(std, np.float32)):
+        channel -= channel_mean
+        channel /= channel_std
+    return pixels
 
 
 @dataclass(frozen=True)

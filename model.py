@@ -27,8 +27,8 @@ class _BatchNormSiLU(torch.autograd.Function):
     """Training-mode BatchNorm2d followed by SiLU, storing only the BatchNorm input for backward.
 
     The normalised tensor that SiLU's gradient needs is recomputed from the stored input and batch
-    statistics in one pass instead of being kept: one activation tensor fewer per layer, about 15% less
-    training memory at the same speed (benchmark.py), and the same results as the two modules in a row.
+    statistics in one pass instead of being kept: one activation tensor fewer per layer, 12-22% less
+    training memory at the same speed (BENCHMARKS.md), and the same results as the two modules in a row.
     """
 
     @staticmethod
