@@ -75,14 +75,24 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike)
     for axis, (title, keys) in zip(axes, (("loss", ("train_loss", "val_loss")),
                                           ("accuracy and macro F1", ("train_acc", "val_acc", "val_macro_f1")),
                                           ("learning rate", ("lr",)))):
+        plotted = []
         for key in keys:
             if all(key in row for row in history):  # runs started by older versions have no macro F1
+                plotted += [row[key] for row in history]
                 axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
+        if title == "loss" and _spans_decades(plotted):  # one early spike would flatten every other epoch
+            axis.set_yscale("log")
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.legend()
         axis.grid(alpha=0.3)
     _save_figure(figure, path)
+
+
+def _spans_decades(values: Sequence[float], decades: float = 2.0) -> bool:
+    """Whether the finite, positive `values` range over more than `decades` powers of ten."""
+    positive = [v for v in values if np.isfinite(v) and v > 0]
+    return bool(positive) and max(positive) / min(positive) > 10 ** decades
 
 
 def plot_confusion_matrix(confusion: "np.ndarray | Sequence", classes: Sequence[str], path: str | os.PathLike,
