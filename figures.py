@@ -1,9 +1,11 @@
-"""Figures, written headlessly as PNG files: learning curves, confusion matrix, class distribution, and a
-photo with its top classes (and Grad-CAM overlay).
+"""Figures, written as image files: learning curves, confusion matrix, class distribution, and a photo with
+its top classes (and Grad-CAM overlay).
 
-A prediction figure saved as PNG carries a text chunk (PREDICTION_MARK) that says predict.py drew it, so
-that predict.py can replace its own earlier figures without asking, refuse to replace anything else, and
-pass over its figures when it walks a folder of photos.
+Figures that only go to a file are matplotlib Figure objects without pyplot: no global backend is chosen
+(so a later --show can still open a window) and nothing is left open when a write fails. A prediction
+figure saved as PNG or JPEG carries PREDICTION_MARK in its header (a text chunk, a JPEG comment), so that
+predict.py can replace its own earlier figures without asking, refuse to replace anything else, and pass
+over its figures when it walks a folder of photos.
 """
 import io
 import os
@@ -15,39 +17,52 @@ import numpy as np
 from PIL import Image
 
 from files import write_bytes
-from images import open_image
 
 
-def pyplot(headless: bool = True) -> Any:
-    """matplotlib.pyplot, imported on first use (it costs half a second); `headless` selects the Agg backend,
-    which writes files and never opens a window."""
-    import matplotlib
-
-    if headless:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _pyplot() -> Any:
+    import matplotlib.pyplot as plt  # picks a backend for the whole process, a window one where it can
 
     return plt
 
 
-PREDICTION_MARK = ("efficientnet-tutorial", "predict.py figure")  # PNG text chunk: keyword, text
+def new_figure(figsize: tuple[float, float], show: bool = False) -> Any:
+    """A matplotlib figure (matplotlib is imported on first use: it costs half a second). Only one that is to
+    be shown goes through pyplot."""
+    if show:
+        return _pyplot().figure(figsize=figsize)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
+def why_no_window() -> str | None:
+    """Why a figure window cannot open here, or None when one can. Without DISPLAY or WAYLAND_DISPLAY (on
+    Linux and other X11/Wayland systems), or with one that does not answer, matplotlib falls back to a
+    backend that draws nowhere and says little; this asks it which backend it settled on."""
+    if sys.platform not in ("darwin", "win32") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display here (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    backend = _pyplot().get_backend()
+    if backend.lower() in NON_INTERACTIVE_BACKENDS:
+        return f"matplotlib found no window system it can use (it chose the {backend} backend)"
+    return None
+
+
+PREDICTION_MARK = "predict.py figure (efficientnet-tutorial)"
+MARKED_FORMATS = {"png": b"\x89PNG", "jpg": b"\xff\xd8", "jpeg": b"\xff\xd8"}  # suffix: the file's first bytes
 
 
 def is_prediction_figure(path: str | os.PathLike) -> bool:
-    """Whether `path` is a PNG that predict.py wrote (it carries PREDICTION_MARK); reads the header only."""
+    """Whether `path` is a PNG or JPEG that predict.py wrote: PREDICTION_MARK within its first 4 KiB, where
+    the PNG text chunk and the JPEG comment go (cheap enough to ask of every photo in a folder)."""
     try:
-        with open_image(path) as image:  # warns of nothing, refuses what is too large to be a figure
-            return image.format == "PNG" and image.info.get(PREDICTION_MARK[0]) == PREDICTION_MARK[1]
-    except Exception:  # noqa: BLE001 - anything unreadable is not one of our figures
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except (OSError, ValueError):
         return False
-
-
-def display_available() -> bool:
-    """Whether a window can open: on Linux and other X11/Wayland systems only when DISPLAY or
-    WAYLAND_DISPLAY is set (without either, matplotlib falls back to a backend that shows nothing)."""
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return head.startswith(tuple(MARKED_FORMATS.values())) and PREDICTION_MARK.encode() in head
 
 
 def _write_figure(figure: Any, path: str | os.PathLike, marked: bool = False, **options: Any) -> None:
@@ -56,7 +71,9 @@ def _write_figure(figure: Any, path: str | os.PathLike, marked: bool = False, **
     replaced, never written through. The format follows the suffix (PNG without one)."""
     file_format = Path(path).suffix.lower().lstrip(".") or "png"
     if marked and file_format == "png":
-        options["metadata"] = dict([PREDICTION_MARK])
+        options["metadata"] = {"Comment": PREDICTION_MARK}
+    elif marked and file_format in MARKED_FORMATS:
+        options["pil_kwargs"] = {"comment": PREDICTION_MARK.encode()}
     buffer = io.BytesIO()
     figure.savefig(buffer, format=file_format, dpi=100, **options)
     write_bytes(path, buffer.getvalue())
@@ -64,14 +81,17 @@ def _write_figure(figure: Any, path: str | os.PathLike, marked: bool = False, **
 
 def _save_figure(figure: Any, path: str | os.PathLike) -> None:
     _write_figure(figure, path, bbox_inches="tight")
-    pyplot().close(figure)
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
     """Loss, accuracy (and validation macro F1) and learning rate per epoch."""
-    plt = pyplot()
+    _save_figure(curves_figure(history), path)
+
+
+def curves_figure(history: Sequence[Mapping[str, float]]) -> Any:
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    figure = new_figure((15, 4))
+    axes = figure.subplots(1, 3)
     for axis, (title, keys) in zip(axes, (("loss", ("train_loss", "val_loss")),
                                           ("accuracy and macro F1", ("train_acc", "val_acc", "val_macro_f1")),
                                           ("learning rate", ("lr",)))):
@@ -86,7 +106,7 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike)
         axis.set_xlabel("epoch")
         axis.legend()
         axis.grid(alpha=0.3)
-    _save_figure(figure, path)
+    return figure
 
 
 def _spans_decades(values: Sequence[float], decades: float = 2.0) -> bool:
@@ -97,9 +117,9 @@ def _spans_decades(values: Sequence[float], decades: float = 2.0) -> bool:
 
 def plot_confusion_matrix(confusion: "np.ndarray | Sequence", classes: Sequence[str], path: str | os.PathLike,
                           title: str = "validation confusion matrix") -> None:
-    plt = pyplot()
     size = max(5.0, 0.6 * len(classes) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = new_figure((size, size))
+    axis = figure.subplots()
     confusion = np.asarray(confusion)
     image = axis.imshow(confusion, cmap="Blues")
     figure.colorbar(image, ax=axis, fraction=0.046)
@@ -121,8 +141,8 @@ def plot_confusion_matrix(confusion: "np.ndarray | Sequence", classes: Sequence[
 def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int],
                             path: str | os.PathLike, test_counts: Sequence[int] | None = None) -> None:
     """Images per class, stacked: training, validation (and test, when there is a test set)."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(classes) + 2), 4))
+    figure = new_figure((max(6.0, 0.5 * len(classes) + 2), 4))
+    axis = figure.subplots()
     positions = range(len(classes))
     bottom = np.zeros(len(classes))
     for label, counts in (("train", train_counts), ("validation", val_counts), ("test", test_counts)):
@@ -141,10 +161,10 @@ def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int],
 def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str, float]], path: str,
                       show: bool = False, cam: "np.ndarray | None" = None) -> None:
     """The photo beside a bar chart of its top-k classes (and the Grad-CAM overlay when given); written to
-    `path` when it is not empty (marked as predict.py's when it is a PNG), shown in a window when `show`."""
-    plt = pyplot(headless=not show)
+    `path` when it is not empty (marked as predict.py's in a PNG or JPEG), shown in a window when `show`."""
     panels = 3 if cam is not None else 2
-    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4))
+    figure = new_figure((4.5 * panels, 4), show)
+    axes = figure.subplots(1, panels)
     axes[0].imshow(view)
     axes[0].set_title(title)
     if cam is not None:
@@ -156,12 +176,16 @@ def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str,
     axes[-1].set_xlim(0, 1)
     axes[-1].set_xlabel("probability")
     figure.tight_layout()
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _write_figure(figure, path, marked=True)
-    if show:
-        plt.show()
-    plt.close(figure)
+    plt = _pyplot() if show else None
+    try:
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _write_figure(figure, path, marked=True)
+        if plt is not None:
+            plt.show()
+    finally:
+        if plt is not None:  # pyplot keeps a shown figure until it is closed; the others go like any object
+            plt.close(figure)
 
 
 def cam_overlay(view: Image.Image, cam: "np.ndarray", opacity: float = 0.45) -> Image.Image:

@@ -145,7 +145,8 @@ def normalize(image: Image.Image, mean: tuple[float, ...] = MEAN, std: tuple[flo
     # over the last axis (BENCHMARKS.md, data pipeline), and the same float32 operations on every pixel.
     pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32)
     pixels /= np.float32(255)
-    for channel, channel_mean, channel_std in zip(pixels, np.asarray(mean, np.float32), np.asarray(std, np.float32)):
+    means, stds = (np.broadcast_to(np.asarray(values, np.float32), (3,)) for values in (mean, std))  # 1 or 3 values
+    for channel, channel_mean, channel_std in zip(pixels, means, stds):
         channel -= channel_mean
         channel /= channel_std
     return pixels

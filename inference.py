@@ -107,6 +107,7 @@ def open_backend(weights: str | os.PathLike, model_name: str = "b0", class_indic
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device is not None:  # a wrong name is that, not a reason to need another backend
+        device = device.strip() if isinstance(device, str) else device
         check_device_name(str(device))
     needs_torch = torch_only(weights, device, precision, gradients)
     suffix = Path(str(weights)).suffix.lower()

@@ -51,12 +51,15 @@ def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
             yield Scored(argument, error="no such file")
 
 
+FIGURE_SUFFIXES = tuple(f".{suffix}" for suffix in figures.MARKED_FORMATS)  # the formats whose figures are marked
+
+
 def _photos_among(paths: Iterable[str], argument: str, none_found: str) -> Iterator[str | Scored]:
     """`paths` without predict.py's own figures, with a note of how many were passed over; a Scored with the
     error `none_found` when nothing is left."""
     photos = passed_over = 0
     for path in paths:
-        if path.lower().endswith(".png") and figures.is_prediction_figure(path):
+        if path.lower().endswith(FIGURE_SUFFIXES) and figures.is_prediction_figure(path):
             passed_over += 1
         else:
             photos += 1
@@ -120,8 +123,9 @@ def check_figure_target(path: str, photos: dict[tuple[int, int], str], overwrite
         other_name = "" if photo == path else f" ({path} is another name of it)"
         raise UsageError(f"its figure would overwrite the photo {photo}{other_name}; choose another --save")
     if not overwrite and not figures.is_prediction_figure(path):
-        raise UsageError(f"{path} exists and is not a figure of predict.py; pass --overwrite to replace it, or "
-                         f"choose another --save")
+        what = ("is not a figure of predict.py" if path.lower().endswith(FIGURE_SUFFIXES) else
+                f"may not be a figure of predict.py (only its {', '.join(FIGURE_SUFFIXES)} figures say so)")
+        raise UsageError(f"{path} exists and {what}; pass --overwrite to replace it, or choose another --save")
 
 
 def write_figures(classifier: Classifier, result: Prediction, args: argparse.Namespace, position: int | None,
@@ -171,15 +175,17 @@ class Output:
     def write(self, result: Prediction) -> None:
         """Print and write one result everywhere; Ctrl-C waits until it is complete in every output."""
         with interrupts_deferred():
-            self._write(Prediction(printable(result.source), [(printable(c), p) for c, p in result.ranked],
-                                   result.error and printable(result.error)))
+            self._write(result)
             self.written += 1  # in the block: a Ctrl-C held back during the writes is raised after it
 
     def _write(self, result: Prediction) -> None:
-        if self.json:
+        if self.json:  # json escapes a name's undecodable bytes itself (\udcXX), and they read back as the file's
             self._print(json.dumps({"image": result.source, "error": result.error, "predictions": [
                 {"class": c, "probability": round(p, 6)} for c, p in result.ranked]}), sys.stdout)
-        elif result.ranked:
+        # text and CSV: such bytes as \xNN, which any UTF-8 stream can take
+        result = Prediction(printable(result.source), [(printable(c), p) for c, p in result.ranked],
+                            result.error and printable(result.error))
+        if not self.json and result.ranked:
             self._print("\n".join([result.source, *(f"  {c:<24} {p:.4f}" for c, p in result.ranked)]), sys.stdout)
         if result.error:
             self._print(f"error: {result.source}: {result.error}", sys.stderr)
@@ -218,6 +224,8 @@ def interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if caught and callable(previous):  # Python's own handler raises KeyboardInterrupt
             previous(signal.SIGINT, None)
+        elif caught and previous == signal.SIG_DFL:  # the default would have ended the program
+            raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k is not None and args.top_k < 1 or args.batch_size < 1:
         return report("--top-k and --batch-size must be at least 1")
-    if args.show and not figures.display_available():  # matplotlib would fall back to drawing nowhere
-        print("warning: --show: no display here (neither DISPLAY nor WAYLAND_DISPLAY is set), so no window opens; "
-              "keep the figures with --save FILE.png", file=sys.stderr)
+    no_window = args.show and figures.why_no_window()  # matplotlib would draw nowhere, and say little
+    if no_window:
+        print(f"warning: --show: {no_window}, so no window opens; keep the figures with --save FILE.png",
+              file=sys.stderr)
         args.show = False
     try:
         classifier = open_classifier(args)

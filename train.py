@@ -10,6 +10,7 @@ confusion_matrix.png, class_distribution.png, per_class.csv, report.html, class_
 TensorBoard events, and test/ (the results on a pre-split dataset's test/ images).
 """
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from cli import UsageError, parse_bool, parse_variant, report
 from distributed import Distributed, barrier, broadcast_buffers, init_distributed, shutdown
 from download import DownloadError
 from evaluation import DEFAULT_TOP_K, Evaluation, describe
+from inference import NonFiniteOutputError
 from flower_photos import ensure_flower_photos
 from model import create_model
 from my_dataset import EpochSampler, EvalTransform, MyDataSet
@@ -344,7 +346,10 @@ def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, va
                              "val_macro_f1": metrics.macro_f1(validated.confusion), "lr": lr,
                              "train_images_per_s": trained.images_per_second})
     score = recipe.score(run.args, progress.history[-1])
-    improved = score > progress.best_score
+    # Weights that give NaN or infinite outputs in evaluation mode (activations that overflow while the
+    # BatchNorm statistics lag behind, early in a run from scratch) classify nothing: never the best.
+    finite = math.isfinite(validated.loss)
+    improved = finite and score > progress.best_score
     if improved:
         progress.best_acc, progress.best_epoch, progress.best_confusion = validated.accuracy, epoch, validated.confusion
         progress.best_score = score
@@ -355,6 +360,7 @@ def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, va
     log(run.ddp, f"epoch {epoch}/{run.args.epochs}: train loss {trained.loss:.4f} acc {trained.accuracy:.3f} | "
                  f"val loss {validated.loss:.4f} acc {validated.accuracy:.3f} | lr {lr:.5f} | "
                  f"{trained.images_per_second:.1f} img/s{' | new best' if improved else ''}"
+                 f"{'' if finite else ' | outputs not finite in evaluation, so not kept as best'}"
                  f"{f' | {skipped} unreadable images left out' if skipped > 0 and run.ddp.world_size == 1 else ''}")
 
 
@@ -374,22 +380,27 @@ def finish(run: Run) -> int:
     """The confusion matrix and per-class table of the best epoch, best.onnx, the test set's scores, and
     report.html; 130 if Ctrl-C stops this (the checkpoints are complete by then)."""
     progress, classes = run.progress, run.split.classes
-    if not run.ddp.is_main or progress.best_confusion is None:
+    if not run.ddp.is_main or not progress.history:
         return 0
+    if progress.best_confusion is None:
+        return report(f"no epoch gave finite outputs in evaluation, so {run.folder.path} has no best.pth; train "
+                      f"for more epochs (the first ones from scratch often overflow) or lower --lr", status=1)
     best = run.folder.path / "best.pth"
     try:
         run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
         export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
         print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
               f"{metrics.class_table(classes, progress.best_confusion)}")
-        report, test = run.folder.write_review(run.split, run.settings.device)
+        report_path, test = run.folder.write_review(run.split, run.settings.device)
     except KeyboardInterrupt:
         log(run.ddp, f"\ninterrupted after the last epoch, while writing the run's report; every epoch is saved "
                      f"({best}). Score it again with: python evaluate.py DIR --weights {best}")
         return 130
+    except NonFiniteOutputError as error:  # photos of the test set or the report that the validation set spared
+        return report(f"{error}; the run's files up to the report are written", status=1)
     if test is not None:
         print_test_results(test, best)
-    print(f"report: {report}\nsaved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
+    print(f"report: {report_path}\nsaved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
     return 0
 
 

@@ -226,3 +226,15 @@ def test_reduced_size_decoding_of_a_large_jpeg_is_close_to_full_decoding(tmp_pat
         torch.manual_seed(seed)
         fast = TrainTransform(224)(open_image(path))
         assert (fast - full).abs().mean() < 0.06, seed
+
+
+@pytest.mark.parametrize("size", [(1, 1), (257, 129), (224, 224)])
+def test_numpy_normalisation_gives_torchvisions_bits(size):
+    from images import MEAN, STD, normalize
+
+    image = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    for mean, std in ((MEAN, STD), ((0.5,), (0.5,))):  # three values, or one for every channel
+        expected = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(image).numpy()
+        ours = normalize(image, mean, std)
+        assert ours.flags["C_CONTIGUOUS"] and ours.dtype == np.float32
+        assert np.array_equal(ours.view(np.uint32), expected.view(np.uint32))

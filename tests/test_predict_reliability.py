@@ -74,9 +74,17 @@ def test_save_replaces_only_our_own_figures_unless_told_to(trained_run, photo, t
     assert predict.main([str(photo), *weights(trained_run), "--save", str(notes), "--overwrite"]) == 0
     assert figures.is_prediction_figure(notes)
     assert predict.main([str(photo), *weights(trained_run), "--save", str(notes)]) == 0  # ours now: replaced
-    # the mark is a PNG text chunk: other formats cannot be told apart from a user's file, so need --overwrite
+    # PNG and JPEG figures carry the mark (a text chunk, a comment): running again replaces them
     assert predict.main([str(photo), *weights(trained_run), "--save", str(tmp_path / "figure.jpg")]) == 0
-    assert predict.main([str(photo), *weights(trained_run), "--save", str(tmp_path / "figure.jpg")]) == 1
+    assert figures.is_prediction_figure(tmp_path / "figure.jpg")
+    assert predict.main([str(photo), *weights(trained_run), "--save", str(tmp_path / "figure.jpg")]) == 0
+    # other formats cannot say who drew them, so replacing one needs --overwrite, and the error says why
+    assert predict.main([str(photo), *weights(trained_run), "--save", str(tmp_path / "figure.pdf")]) == 0
+    capsys.readouterr()
+    assert predict.main([str(photo), *weights(trained_run), "--save", str(tmp_path / "figure.pdf")]) == 1
+    assert "figure.pdf exists and may not be a figure of predict.py (only its .png, .jpg, .jpeg figures say so)" \
+        in capsys.readouterr().err
+    assert predict.main([str(photo), *weights(trained_run), "--save", str(tmp_path / "figure.pdf"), "--overwrite"]) == 0
 
 
 def test_grad_cam_figures_are_checked_the_same_way(trained_run, photo, tmp_path, monkeypatch, capsys):
@@ -114,8 +122,10 @@ def test_file_names_that_are_not_utf8_are_printed_escaped(trained_run, photo, tm
     assert run("--csv", str(table)).stdout.splitlines()[0] == f"{folder}/caf\\xe9.jpg"
     assert [row["image"] for row in csv.DictReader(table.open(encoding="utf-8"))] == [
         f"{folder}/bad\\xff.jpg", f"{folder}/caf\\xe9.jpg"]
-    results = [json.loads(line) for line in run("--json").stdout.splitlines()]
-    assert [r["image"] for r in results] == [f"{folder}/bad\\xff.jpg", f"{folder}/caf\\xe9.jpg"]
+    results = [json.loads(line) for line in run("--json").stdout.splitlines()]  # ASCII JSON, \udcXX escapes
+    assert [os.fsencode(r["image"]) for r in results] == [os.fsencode(folder) + name for name in (b"/bad\xff.jpg",
+                                                                                                  b"/caf\xe9.jpg")]
+    assert all(os.path.exists(r["image"]) for r in results)  # each leads back to its file
     assert results[1]["error"] is None and results[1]["predictions"]
 
 
@@ -139,20 +149,45 @@ def test_class_names_found_on_their_own_are_named_in_one_note(photo, tmp_path, m
     assert not lines(capsys.readouterr().err, "note:")  # asked for: nothing to say
 
 
+def test_show_with_a_display_that_does_not_answer_says_so_in_one_line(trained_run, photo, tmp_path):
+    environment = {**os.environ, "DISPLAY": ":99", "PYTHONPATH": str(REPO)}  # no X server listens there
+    environment.pop("MPLBACKEND", None)
+    result = subprocess.run([sys.executable, str(REPO / "predict.py"), str(photo), *weights(trained_run), "--show",
+                             "--cam", "--cam-dir", str(tmp_path / "maps")], capture_output=True, text=True,
+                            env=environment, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith(str(photo)), result.stderr
+    assert result.stderr.splitlines() == ["warning: --show: matplotlib found no window system it can use (it chose "
+                                          "the agg backend), so no window opens; keep the figures with --save FILE.png"]
+    assert (tmp_path / "maps" / "rose_cam.png").is_file()
+
+
+def test_file_only_figures_leave_the_window_backend_to_show(tmp_path):
+    # a Grad-CAM map written before the --show figure must not lock matplotlib into drawing to files only
+    code = ("import sys, numpy as np; from PIL import Image; import figures, matplotlib\n"
+            "view = Image.new('RGB', (32, 32))\n"
+            f"figures.prediction_figure(view, 'x', [('a', 0.6)], {str(tmp_path / 'cam.png')!r}, cam=np.ones((32, 32)))\n"
+            "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "TkAgg"})
+    assert result.stdout.split() == ["False", "TkAgg"], result.stderr
+    assert figures.is_prediction_figure(tmp_path / "cam.png")
+
+
 def test_show_without_a_display_says_so_in_one_line(trained_run, photo, monkeypatch, capsys):
     drawn = []
     monkeypatch.setattr(figures, "prediction_figure", lambda *args, **kwargs: drawn.append(kwargs))
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert not figures.display_available()
+    assert figures.why_no_window() == "no display here (neither DISPLAY nor WAYLAND_DISPLAY is set)"
     assert predict.main([str(photo), *weights(trained_run), "--show"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(str(photo)) and not drawn
     assert err.splitlines() == ["warning: --show: no display here (neither DISPLAY nor WAYLAND_DISPLAY is set), "
                                 "so no window opens; keep the figures with --save FILE.png"]
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
-    assert figures.display_available()
+    monkeypatch.setattr(figures, "_pyplot", lambda: type("FakePyplot", (), {"get_backend": lambda: "QtAgg"}))
+    assert figures.why_no_window() is None
     assert predict.main([str(photo), *weights(trained_run), "--show"]) == 0
     assert drawn and drawn[0]["show"] and not capsys.readouterr().err
 
@@ -252,3 +287,10 @@ def test_ctrl_c_waits_until_a_result_is_in_every_output():
             done.append("the rest of the block")
     assert done == ["the rest of the block"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # where the default action is set, it ends the program too
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with predict.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

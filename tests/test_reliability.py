@@ -404,3 +404,31 @@ def test_ctrl_c_before_the_first_epoch_is_one_line_and_exit_130(tmp_path):
     assert result.returncode == 130
     assert one_error_line(result.stderr) == ("error: interrupted before the first epoch; nothing was trained, so "
                                              "there is nothing to resume")
+
+
+def test_an_epoch_with_non_finite_validation_outputs_is_never_the_best(tmp_path, monkeypatch, capsys):
+    # Early epochs from scratch can overflow in evaluation mode (the BatchNorm statistics lag behind the
+    # weights): seen with 32 px images, batch 4, one epoch. Such weights classify nothing.
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    real_evaluate, calls = utils.evaluate, []
+
+    def overflowing_first(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        calls.append(result)
+        return dataclasses.replace(result, loss=float("nan")) if len(calls) == 1 else result
+
+    monkeypatch.setattr(utils, "evaluate", overflowing_first)
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "late")) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/2: " in out and "outputs not finite in evaluation, so not kept as best" in out
+    assert "new best" in next(line for line in out.splitlines() if line.startswith("epoch 2/2"))
+    assert torch.load(tmp_path / "runs" / "late" / "best.pth", weights_only=True)["best_epoch"] == 2
+
+    monkeypatch.setattr(utils, "evaluate",
+                        lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), loss=float("inf")))
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "1", "--name", "never")) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: no epoch gave finite outputs in evaluation, so {tmp_path / 'runs' / 'never'} "
+                                f"has no best.pth; train for more epochs (the first ones from scratch often overflow) "
+                                f"or lower --lr"]
+    assert (tmp_path / "runs" / "never" / "last.pth").is_file() and not (tmp_path / "runs" / "never" / "best.pth").exists()
