@@ -151,6 +151,7 @@ def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int],
             bottom += np.asarray(counts)
     for x, total in enumerate(bottom):
         axis.text(x, total, str(int(total)), ha="center", va="bottom")
+    axis.margins(y=0.08)  # room above the tallest bar for its total
     axis.set_xticks(list(positions), classes, rotation=45, ha="right")
     axis.set_ylabel("images")
     axis.set_title("images per class")
