@@ -15,6 +15,7 @@ import asyncio
 import base64
 import functools
 import io
+import math
 import os
 import socket
 import sys
@@ -300,8 +301,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
             return f"--{flag.replace('_', '-')} must be at least 1"
     if not 0 <= args.port <= 65535:
         return f"--port {args.port}: choose a port from 0 to 65535"
-    if args.max_upload_mb <= 0 or args.batch_wait_ms < 0:
-        return "--max-upload-mb must be positive and --batch-wait-ms at least 0"
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb * MiB >= 1):
+        return f"--max-upload-mb {args.max_upload_mb}: give a size in MiB of at least one byte (default 20)"
+    if not (math.isfinite(args.batch_wait_ms) and args.batch_wait_ms >= 0):
+        return f"--batch-wait-ms {args.batch_wait_ms}: give a wait of 0 ms or more"
     return None
 
 

@@ -106,11 +106,21 @@ def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: 
     return written
 
 
+def check_output_places(args: argparse.Namespace) -> None:
+    """Refuse, before any photo is scored, output names that are the wrong kind of thing."""
+    for flag, path in (("--json", args.json), ("--report", args.report)):
+        if path and os.path.isdir(path):
+            raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder (it is created if missing)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         return report("--top-k and --batch-size must be at least 1")
     try:
+        check_output_places(args)
         found = class_folders(args.directory)
         classifier = classifier_from_flags(args)
         paths, labels = labelled_images(found, classifier, classifier.backend.origin)

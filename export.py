@@ -42,8 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
     add("--images", nargs="+", default=(), metavar="PATH",
         help=f"photos or folders to check the export on (the first {CHECK_PHOTOS}; default: synthetic images)")
-    add("--opset", type=int, default=OPSET, help=f"ONNX opset version (default {OPSET})")
+    add("--opset", type=parse_opset, default=OPSET,
+        help=f"ONNX opset version, {MIN_OPSET} to {max_opset()} (default {OPSET})")
     return parser
+
+
+MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
+
+
+def max_opset() -> int:
+    """The newest opset PyTorch's exporter writes."""
+    from torch.onnx import _constants  # no public name for it
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", OPSET))
+
+
+def parse_opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not MIN_OPSET <= value <= max_opset():
+        raise argparse.ArgumentTypeError(f"{text}: choose an opset from {MIN_OPSET} to {max_opset()}")
+    return value
 
 
 def check_photos(arguments: list[str]) -> list[str]:
@@ -67,6 +88,8 @@ def check_output(weights: Path, output: Path, fmt: str) -> None:
         raise UsageError(f"--output {output} is the weights file itself; choose another name")
     if not output.parent.is_dir():
         raise UsageError(f"--output {output}: the folder {output.parent} does not exist")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder; give a file name ending in {expected}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB), {check.summary()}")
     if check.real and check.images < len(photos):
         print(f"note: {len(photos) - check.images} of the --images could not be read and were left out")
+    elif photos and not check.real:
+        print(f"warning: none of the {len(photos)} --images could be read, so the check used synthetic images",
+              file=sys.stderr)
     return 0
 
 

@@ -65,6 +65,8 @@ def atomic_path(path: str | os.PathLike, size: Callable[[], int] | None = None) 
     full disk (NoSpaceError) from other failures.
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would say so naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     temporary = None
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -78,9 +80,11 @@ def atomic_path(path: str | os.PathLike, size: Callable[[], int] | None = None) 
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)  # first, so that the free space reported counts its bytes too
         explained = _no_space(error, path, size)
-        if explained is None:
-            raise
-        raise explained from None
+        if explained is not None:
+            raise explained from None
+        if isinstance(error, OSError) and str(error.filename or "").startswith(str(path.parent / f".{path.name}.")):
+            raise type(error)(error.errno, error.strerror, str(path)) from None  # the user's name, not ours
+        raise
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)

@@ -305,7 +305,11 @@ def test_startup_problems_are_one_line_errors(tmp_path, monkeypatch, capsys, tra
                  ("--port", "0"): "no trained checkpoint found",
                  ("--port", "0", "--weights", "missing.pth"): "missing.pth does not exist",
                  ("--top-k", "0"): "--top-k must be at least 1",
-                 ("--max-upload-mb", "0"): "--max-upload-mb"}
+                 ("--max-upload-mb", "0"): "--max-upload-mb",
+                 ("--max-upload-mb", "nan"): "--max-upload-mb nan: give a size in MiB of at least one byte",
+                 ("--max-upload-mb", "inf"): "--max-upload-mb inf: give a size",
+                 ("--max-upload-mb", "1e-9"): "--max-upload-mb 1e-09: give a size",  # would round to 0 bytes
+                 ("--batch-wait-ms", "nan"): "--batch-wait-ms nan: give a wait of 0 ms or more"}
         for argv, words in cases.items():
             assert app.main(list(argv)) == 2
             error = capsys.readouterr().err

@@ -351,3 +351,23 @@ def test_export_refuses_a_model_with_nan_weights(trained_run, tmp_path, capsys):
     weights = nan_checkpoint(trained_run, tmp_path / "nan")
     fails_with([str(weights)], capsys, "does not match PyTorch", program=export)
     assert not weights.with_suffix(".onnx").exists()
+
+
+def test_export_refuses_impossible_opsets_and_folders_and_says_when_no_photo_could_be_read(trained_run, tmp_path,
+                                                                                           capsys):
+    for opset in ("1", "1000", "many"):
+        with pytest.raises(SystemExit) as stopped:
+            export.main([str(trained_run / "best.pth"), "--output", str(tmp_path / "x.onnx"), "--opset", opset])
+        assert stopped.value.code == 2
+        assert f"argument --opset: {opset}: choose an opset from 13 to " in capsys.readouterr().err
+    (tmp_path / "folder.onnx").mkdir()
+    assert export.main([str(trained_run / "best.pth"), "--output", str(tmp_path / "folder.onnx")]) == 2
+    assert capsys.readouterr().err == (f"error: --output {tmp_path / 'folder.onnx'} is a folder; give a file name "
+                                       f"ending in .onnx\n")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"not a photo")
+    assert export.main([str(trained_run / "best.pth"), "--output", str(tmp_path / "x.onnx"), "--images", str(junk)]) == 0
+    out, err = capsys.readouterr()
+    assert "on 4 synthetic images" in out
+    assert err == "warning: none of the 1 --images could be read, so the check used synthetic images\n"

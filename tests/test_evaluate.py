@@ -261,3 +261,18 @@ def test_evaluation_modules_load_no_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_output_names_of_the_wrong_kind_are_refused_before_any_photo_is_scored(trained_run, tmp_path, capsys,
+                                                                                monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(evaluate, "classifier_from_flags", no_model)
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    data = str(trained_run.parent.parent / "data")
+    for flags, message in ((["--json", str(tmp_path / "a_folder")], f"--json {tmp_path / 'a_folder'} is a folder"),
+                           (["--report", str(tmp_path / "a_folder")], "is a folder; give a file name"),
+                           (["--output-dir", str(tmp_path / "a_file")], "is a file; give a folder")):
+        assert_usage_error(evaluate.main, [data, *flags], capsys, message)

@@ -432,3 +432,18 @@ def test_an_epoch_with_non_finite_validation_outputs_is_never_the_best(tmp_path,
                                 f"has no best.pth; train for more epochs (the first ones from scratch often overflow) "
                                 f"or lower --lr"]
     assert (tmp_path / "runs" / "never" / "last.pth").is_file() and not (tmp_path / "runs" / "never" / "best.pth").exists()
+
+
+def test_failed_atomic_writes_name_the_users_file_not_the_temporary_one(tmp_path, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        files.write_text(tmp_path / "taken", "x")
+    assert raised.value.filename == str(tmp_path / "taken")
+
+    def refused(*args, dir=None, prefix="", suffix="", **kwargs):  # as in a folder that takes no new files
+        raise FileNotFoundError(2, "No such file or directory", os.path.join(dir, prefix + "abc123" + suffix))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refused)
+    with pytest.raises(FileNotFoundError) as raised:
+        files.write_text(tmp_path / "report.html", "x")
+    assert raised.value.filename == str(tmp_path / "report.html")
