@@ -12,7 +12,6 @@ event loop never waits for either. Errors come back as JSON {"error": "..."} wit
 """
 import argparse
 import asyncio
-import base64
 import functools
 import io
 import math
@@ -113,9 +112,8 @@ class Service:
             raise HTTPException(503, str(error)) from None
         except (OSError, Image.DecompressionBombError) as error:  # the upload, not the model
             raise HTTPException(*decode_error(upload.name, error)) from None
-        png = await asyncio.get_running_loop().run_in_executor(self.decoder, overlay_png, view, cam)
-        return {"file": upload.name, "class": self.classifier.class_names[target],
-                "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+        overlay = await asyncio.get_running_loop().run_in_executor(self.decoder, overlay_uri, view, cam)
+        return {"file": upload.name, "class": self.classifier.class_names[target], "overlay": overlay}
 
     def _cam(self, data: bytes) -> tuple[Image.Image, Any, int]:
         """On the model thread: Grad-CAM, through a PyTorch classifier opened on first use if need be."""
@@ -151,15 +149,15 @@ def decode_error(name: str, error: BaseException) -> tuple[int, str]:
     return 400, f"{name}: cannot decode the image ({type(error).__name__}: {error})"
 
 
-def overlay_png(view: Image.Image, cam: Any) -> bytes:
+def overlay_uri(view: Image.Image, cam: Any) -> str:
+    """The photo with its heat map as a PNG data: URI, as the run report inlines its images."""
     import figures  # matplotlib's colour maps, loaded on the first Grad-CAM request only
+    from html_report import data_uri
 
-    buffer = io.BytesIO()
-    figures.cam_overlay(view, cam).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return data_uri(figures.cam_overlay(view, cam), "PNG")
 
 
-async def read_uploads(request: Request, files: list[UploadFile], limits: Limits, most: int) -> list[Upload]:
+async def read_uploads(request: Request, files: list[UploadFile], most: int) -> list[Upload]:
     """The uploaded files of field `file`, checked: at least one, at most `most`, none empty."""
     if not files:
         fields = sorted(set((await request.form()).keys()))
@@ -202,14 +200,14 @@ async def predict(request: Request, file: list[UploadFile] = FILE_FIELD,
                   top_k: int | None = Query(None, ge=1, description="classes per photo (default: the server's "
                                                                      "--top-k)")) -> dict[str, Any]:
     service: Service = request.app.state.service
-    uploads = await read_uploads(request, file, service.limits, service.limits.max_files)
+    uploads = await read_uploads(request, file, service.limits.max_files)
     return {"results": await service.predict(uploads, top_k or service.limits.top_k)}
 
 
 @router.post("/gradcam", summary="Grad-CAM map of one photo's top class, as a PNG data URL")
 async def gradcam(request: Request, file: list[UploadFile] = FILE_FIELD) -> dict[str, Any]:
     service: Service = request.app.state.service
-    uploads = await read_uploads(request, file, service.limits, 1)
+    uploads = await read_uploads(request, file, 1)
     return await service.grad_cam(uploads[0])
 
 
@@ -302,7 +300,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     if not 0 <= args.port <= 65535:
         return f"--port {args.port}: choose a port from 0 to 65535"
     if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb * MiB >= 1):
-        return f"--max-upload-mb {args.max_upload_mb}: give a size in MiB of at least one byte (default 20)"
+        return f"--max-upload-mb {args.max_upload_mb}: give a size in MiB of at least one byte"
     if not (math.isfinite(args.batch_wait_ms) and args.batch_wait_ms >= 0):
         return f"--batch-wait-ms {args.batch_wait_ms}: give a wait of 0 ms or more"
     return None

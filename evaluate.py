@@ -47,8 +47,9 @@ def class_folders(directory: str) -> ClassFolders:
     found = scan_class_folders(directory, check_headers=False)  # an unreadable photo is listed when scored
     if found.images:
         return found
-    if presplit_folders(directory):
-        hint = f"it is split into {', '.join(sorted(presplit_folders(directory)))}: evaluate one of them, " \
+    split = presplit_folders(directory)
+    if split:
+        hint = f"it is split into {', '.join(sorted(split))}: evaluate one of them, " \
                f"such as {os.path.join(directory, 'test')}"
     elif found.loose_images:
         hint = f"its photos are not sorted into class folders: put them in {directory}/<class name>/"

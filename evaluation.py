@@ -48,16 +48,17 @@ class Evaluation:
             confusion[result.true, result.predicted] += 1
         return confusion
 
-    def shown_classes(self) -> list[int]:
+    def shown_classes(self, confusion: np.ndarray | None = None) -> list[int]:
         """The classes that have images or were predicted: the rows of tables and figures (all the others
         are zero everywhere, and a 1000-class model on a 5-class test set needs 5 or so rows, not 1000)."""
-        confusion = self.confusion()
+        confusion = self.confusion() if confusion is None else confusion
         return [i for i in range(len(self.class_names)) if confusion[i].sum() or confusion[:, i].sum()]
 
     def shown_confusion(self) -> tuple[list[str], np.ndarray]:
         """(class names, confusion matrix) restricted to shown_classes; its scores equal the full matrix's."""
-        shown = self.shown_classes()
-        return [self.class_names[i] for i in shown], self.confusion()[np.ix_(shown, shown)]
+        confusion = self.confusion()
+        shown = self.shown_classes(confusion)
+        return [self.class_names[i] for i in shown], confusion[np.ix_(shown, shown)]
 
     def top_k_accuracy(self, k: int) -> float:
         return sum(r.true_rank <= k for r in self.results) / len(self.results) if self.results else 0.0

@@ -64,6 +64,10 @@ def continue_hint(run_dir: Path, broken: Path | None = None) -> str:
     return "no epoch of this run was saved: start it again"
 
 
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def saved_epoch(path: Path) -> int | None:
     """The epoch a checkpoint of a run holds, or None when it is missing or unreadable."""
     if not path.is_file():
@@ -73,11 +77,7 @@ def saved_epoch(path: Path) -> int | None:
     except WeightsError:
         return None
     epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
-def _whole_number(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return epoch if _whole_number(epoch) else None
 
 
 # What a resumed run reads from its checkpoint besides the model's own fields (weights.checkpoint_header).
