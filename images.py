@@ -51,12 +51,17 @@ def images_under(folder: str | os.PathLike) -> Iterator[str]:
         yield from (os.path.join(root, name) for name in sorted(files) if is_image_name(name))
 
 
+_LEAST_REDUCTION = "least_jpeg_reduction"  # image.info key set by open_image: the pixel limit's scale
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """Open an image lazily (header only), checking its size before anything is decoded.
 
-    Over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS, 89 million), a JPEG is set to decode at the reduced
-    scale that fits (1/2 ... 1/8, done by the JPEG decoder); any other image is refused, as is one with a
-    far-fetched aspect ratio (check_shape). Pillow itself refuses anything over twice its limit.
+    Over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS, 89 million), a JPEG is marked to decode at no less
+    than the reduced scale that fits (1/2 ... 1/8, done by the JPEG decoder; reduce_jpeg_decode and to_rgb
+    apply it, so that a caller wanting a smaller scale still gets it: Pillow takes only the first request);
+    any other image is refused, as is one with a far-fetched aspect ratio (check_shape). Pillow itself
+    refuses anything over twice its limit.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is enforced below
@@ -71,7 +76,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                 raise Image.DecompressionBombError(
                     f"{width} x {height} = {width * height:,} pixels, over the limit of {limit:,} "
                     f"(PIL.Image.MAX_IMAGE_PIXELS); scale it down first")
-            image.draft(None, (width // reduction, height // reduction))
+            image.info[_LEAST_REDUCTION] = reduction
     except BaseException:
         image.close()
         raise
@@ -100,11 +105,12 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
 def reduce_jpeg_decode(image: Image.Image, max_reduction: float) -> None:
     """Ask the JPEG decoder for 1/8, 1/4 or 1/2 scale, the largest not exceeding `max_reduction`.
 
-    A no-op for other formats and for images already decoded.
+    Never less than the pixel limit needs (open_image). A no-op for other formats and for images already
+    decoded.
     """
     if image.format != "JPEG":
         return
-    reduction = next((r for r in (8, 4, 2) if r <= max_reduction), 1)
+    reduction = max(image.info.get(_LEAST_REDUCTION, 1), next((r for r in (8, 4, 2) if r <= max_reduction), 1))
     if reduction > 1:
         width, height = image.size
         image.draft(None, (width // reduction, height // reduction))
@@ -112,6 +118,7 @@ def reduce_jpeg_decode(image: Image.Image, max_reduction: float) -> None:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Decode `image` and return it as 8-bit RGB, upright."""
+    reduce_jpeg_decode(image, 1)  # no reduction asked for, but what the pixel limit needs, if not done yet
     image.load()
     ImageOps.exif_transpose(image, in_place=True)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale: scale, don't clip

@@ -265,6 +265,14 @@ def test_over_the_pixel_limit_a_jpeg_is_decoded_reduced_and_others_refused(tmp_p
         images.open_image(tmp_path / "big.png")
 
 
+def test_a_jpeg_over_the_pixel_limit_still_decodes_as_small_as_the_crop_allows(tmp_path, monkeypatch):
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 120,000 pixels: at least 1/2 scale is needed
+    with images.open_image(tmp_path / "a.jpg") as opened:
+        images.reduce_jpeg_decode(opened, 300 / 40)  # a 40 px resize allows 1/4, more than the limit needs
+        assert images.to_rgb(opened).size == (100, 75)
+
+
 # --- 6. a damaged split.json; resume messages; hand-edited checkpoints ----------------------------------------
 
 
