@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 import metrics
+from evaluation import evaluate_images
 from images import is_image_name
 from inference import Classifier
 
@@ -119,14 +120,8 @@ def test_scores(checkpoint: Path, test_root: Path, minority: str) -> dict:
     """Accuracy, macro F1 and the minority class's recall of `checkpoint` on the balanced test folder."""
     classifier = Classifier.from_weights(checkpoint)
     names = classifier.class_names
-    paths, labels = [], []
-    for label, name in enumerate(names):
-        for photo in sorted((test_root / name).iterdir()):
-            paths.append(photo)
-            labels.append(label)
-    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
-    for scored, label in zip(classifier.scores(paths), labels):
-        confusion[label, int(np.argmax(scored.probabilities))] += 1
+    photos = [(str(photo), label) for label, name in enumerate(names) for photo in sorted((test_root / name).iterdir())]
+    confusion = evaluate_images(classifier, [path for path, _ in photos], [label for _, label in photos]).confusion()
     summary = metrics.summary(confusion)
     recall = metrics.per_class(confusion)["recall"][names.index(minority)]
     return {"test_acc": summary["accuracy"], "test_macro_f1": summary["macro_f1"],

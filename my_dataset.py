@@ -187,5 +187,8 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self._pairs())
 
-    def __len__(self) -> int:
-        return len(self._pairs())
+    def __len__(self) -> int:  # counted, not drawn: the loader asks every epoch
+        total = self.size
+        if self.pad and total % self.num_replicas:
+            total = math.ceil(total / self.num_replicas) * self.num_replicas
+        return len(range(self.rank, total, self.num_replicas))

@@ -1,4 +1,5 @@
 """my_dataset.py and the split: every awkward file, deterministic stratified splits, exact transforms."""
+import itertools
 import random
 from pathlib import Path
 
@@ -238,3 +239,12 @@ def test_numpy_normalisation_gives_torchvisions_bits(size):
         ours = normalize(image, mean, std)
         assert ours.flags["C_CONTIGUOUS"] and ours.dtype == np.float32
         assert np.array_equal(ours.view(np.uint32), expected.view(np.uint32))
+
+
+def test_epoch_sampler_length_is_what_it_yields():
+    from my_dataset import EpochSampler
+
+    for size, replicas, pad, balanced in itertools.product([0, 1, 2, 7, 33], [1, 3, 8], [True, False], [False, True]):
+        for rank in range(replicas):
+            sampler = EpochSampler(size, True, 3, rank, replicas, pad, [1.0 + i for i in range(size)] if balanced else None)
+            assert len(sampler) == len(list(sampler)), (size, replicas, pad, balanced, rank)
