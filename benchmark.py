@@ -38,11 +38,11 @@ from torch import nn
 import model as M
 import recipe
 import utils
+from flower_photos import FLOWER_SAMPLE
 from inference import Classifier
 from my_dataset import EvalTransform, TrainTransform, open_image
 from runtime import keep_freed_memory_for_reuse
 
-SHARED_PHOTOS = Path(__file__).resolve().parent.parent / "shared" / "data" / "flower_photos_mini"
 SECTIONS = ("inference", "training", "memory", "data", "agreement", "deployment", "api")
 
 
@@ -374,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per measurement")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
-    parser.add_argument("--photos", default=str(SHARED_PHOTOS), help="folder of real photos (class sub-folders)")
+    parser.add_argument("--photos", default=str(FLOWER_SAMPLE),
+                        help="folder of real photos in class sub-folders (default data/flower_sample, which ships "
+                             "with the project)")
     parser.add_argument("--agreement-weights", default=None,
                         help="checkpoint for the bfloat16 agreement check (default: newest runs/*/best.pth)")
     parser.add_argument("--deploy-weights", default=None,

@@ -30,11 +30,11 @@ import numpy as np
 
 import metrics
 from evaluation import evaluate_images
+from flower_photos import FLOWER_SAMPLE
 from images import is_image_name
 from inference import Classifier
 
 REPO = Path(__file__).resolve().parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "flower_photos_mini"
 
 # Short names: "adamw" is AdamW at --lr 0.002 with 2 warm-up epochs, "ls" label smoothing 0.1, "ema" --ema 0.999,
 # "ta" TrivialAugment, "mix" mixup 0.2 / CutMix 1.0, "-droppath" without stochastic depth. Seeds 0 and 1 picked
@@ -55,7 +55,8 @@ IMBALANCE_ARMS = {"plain loss": [], "--class-weights auto": ["--class-weights", 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=("ablation", "recipes", "imbalance"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"class folders (default {DEFAULT_DATA})")
+    parser.add_argument("--data", type=Path, default=FLOWER_SAMPLE,
+                        help="class folders (default data/flower_sample, the photos that ship with the project)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="--seed of each repetition (default 0)")
     parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
                         help=f"ablation: only these arms ({', '.join(ABLATION)}; default all)")

@@ -13,6 +13,10 @@ FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/exam
 FLOWER_PHOTOS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 FLOWER_PHOTOS_BYTES = 228_813_984
 FLOWER_PHOTOS_URL_ENV = "FLOWER_PHOTOS_URL"  # a mirror of the archive (same bytes) for users who need one
+# 150 of the photos (30 per class, CC-BY 2.0, credits in its ATTRIBUTION.txt) ship with the project: for a first
+# try without any download, and for the tests and benchmarks
+FLOWER_SAMPLE = Path(__file__).resolve().parent / "data" / "flower_sample"
+QUICK_TRY = "python train.py --data-path data/flower_sample --weights none --image-size 96 --epochs 30 --recipe modern"
 
 def _check_archive_member(member: tarfile.TarInfo, target: Path) -> None:
     """Refuse members that would land outside `target` or are not plain files / folders."""
@@ -63,7 +67,8 @@ def ensure_flower_photos(data_path: str | os.PathLike, url: str | None = None) -
         download_file(url, archive, FLOWER_PHOTOS_SHA256)
     except Exception as error:
         raise UsageError(f"{error}; then unpack it with 'tar -xzf {archive} -C {data_path.parent}', "
-                         f"or point --data-path at your own class-per-folder images") from None
+                         f"or point --data-path at your own class-per-folder images; to try the project without "
+                         f"any download, train on the photos that ship with it: {QUICK_TRY}") from None
     extracted = data_path.parent / ".flower_photos_extracted"
     extract_tar_safely(archive, extracted)
     inner = extracted / data_path.name  # the archive holds a single flower_photos/ folder

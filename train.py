@@ -29,7 +29,7 @@ from distributed import Distributed, barrier, broadcast_buffers, init_distribute
 from download import DownloadError
 from evaluation import DEFAULT_TOP_K, Evaluation, describe
 from inference import NonFiniteOutputError
-from flower_photos import ensure_flower_photos
+from flower_photos import QUICK_TRY, ensure_flower_photos
 from model import create_model
 from my_dataset import EpochSampler, EvalTransform, MyDataSet
 from onnx_export import export_after_training
@@ -263,7 +263,8 @@ def build_model(args: argparse.Namespace, num_classes: int, resumed: Resumed | N
         try:
             load_weights(model, args.weights, verbose=ddp.is_main)
         except WeightsError as error:
-            raise UsageError(f"{error} (or pass --weights none to train from scratch)") from None
+            raise UsageError(f"{error} (or pass --weights none to train from scratch; without any download: "
+                             f"{QUICK_TRY})") from None
     if args.freeze_layers:
         recipe.freeze_all_but_head(model)
     if args.grad_checkpointing:

@@ -61,8 +61,8 @@ def assert_same_answers(results: list[dict], paths: list[Path], classifier: Clas
             assert answer["probability"] == pytest.approx(probability, abs=1e-4)
 
 
-def test_predict_returns_each_photos_top_k_as_the_classifier_ranks_them(server, classifier, flowers_mini):
-    chosen = photos(flowers_mini, 3)
+def test_predict_returns_each_photos_top_k_as_the_classifier_ranks_them(server, classifier, flower_sample):
+    chosen = photos(flower_sample, 3)
     response = post(server, chosen, top_k=2)
     assert response.status_code == 200, response.text
     assert_same_answers(response.json()["results"], chosen, classifier, 2)
@@ -117,8 +117,8 @@ def bad_requests(data: bytes) -> dict[str, tuple[dict, int, list[str]]]:
 
 
 @pytest.mark.parametrize("case", list(bad_requests(b"")))
-def test_bad_input_gets_a_json_error_naming_the_problem_and_the_server_goes_on(server, flowers_mini, case):
-    photo = photos(flowers_mini, 1)[0]
+def test_bad_input_gets_a_json_error_naming_the_problem_and_the_server_goes_on(server, flower_sample, case):
+    photo = photos(flower_sample, 1)[0]
     arguments, status, words = bad_requests(photo.read_bytes())[case]
     response = httpx.post(f"{server}/predict", timeout=60, **arguments)
     assert response.status_code == status, response.text
@@ -136,8 +136,8 @@ def test_an_oversized_upload_is_refused_from_its_headers_before_any_body_is_sent
     assert answer.startswith("HTTP/1.1 413") and "upload too large: 1,000,000,000 bytes" in answer
 
 
-def test_eight_clients_at_once_get_their_own_answers_in_shared_batches(server, classifier, flowers_mini):
-    chosen = photos(flowers_mini, 40)
+def test_eight_clients_at_once_get_their_own_answers_in_shared_batches(server, classifier, flower_sample):
+    chosen = photos(flower_sample, 40)
     expected = {p.name: prediction.ranked for p, prediction in zip(chosen, classifier.predict(chosen, 3))}
     before = httpx.get(f"{server}/health").json()
 
@@ -166,8 +166,8 @@ def test_eight_clients_at_once_get_their_own_answers_in_shared_batches(server, c
     assert after.json()["largest_batch"] > 1  # requests that arrived together shared a batch
 
 
-def test_grad_cam_returns_an_overlay_of_the_top_class(server, classifier, flowers_mini):
-    photo = photos(flowers_mini, 1)[0]
+def test_grad_cam_returns_an_overlay_of_the_top_class(server, classifier, flower_sample):
+    photo = photos(flower_sample, 1)[0]
     response = httpx.post(f"{server}/gradcam", files={"file": (photo.name, photo.read_bytes())}, timeout=60)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -183,10 +183,10 @@ def test_grad_cam_returns_an_overlay_of_the_top_class(server, classifier, flower
     assert two.status_code == 400 and "too many files" in two.json()["error"]
 
 
-def test_grad_cam_sees_exactly_the_input_the_prediction_saw(trained_run, flowers_mini, monkeypatch):
+def test_grad_cam_sees_exactly_the_input_the_prediction_saw(trained_run, flower_sample, monkeypatch):
     """The map explains the class shown beside it: Grad-CAM runs on the prediction's own input (the view the
     network saw, normalised), not on that view resized and cropped a second time, which changed the top
-    class of 23 of the 300 photos."""
+    class of 23 of 300 flower photos."""
     import torch
 
     classifier = Classifier.from_weights(trained_run / "best.pth", backend="torch")
@@ -194,7 +194,7 @@ def test_grad_cam_sees_exactly_the_input_the_prediction_saw(trained_run, flowers
     seen = []
     forward_features = model.forward_features
     monkeypatch.setattr(model, "forward_features", lambda x: seen.append(x.detach().clone()) or forward_features(x))
-    for photo in photos(flowers_mini, 3):
+    for photo in photos(flower_sample, 3):
         _, _, target = classifier.grad_cam(photo)
         assert torch.equal(seen.pop()[0], torch.from_numpy(classifier.preprocess(photo)))
         assert classifier.class_names[target] == classifier.predict([photo])[0].ranked[0][0]
@@ -213,7 +213,7 @@ class ProbabilitiesOnly:
         return self.inner.probabilities(batch)
 
 
-def test_grad_cam_opens_a_torch_model_once_when_the_backend_has_no_gradients(trained_run, classifier, flowers_mini):
+def test_grad_cam_opens_a_torch_model_once_when_the_backend_has_no_gradients(trained_run, classifier, flower_sample):
     opened = []
 
     def open_torch() -> Classifier:
@@ -221,7 +221,7 @@ def test_grad_cam_opens_a_torch_model_once_when_the_backend_has_no_gradients(tra
         return Classifier.from_weights(trained_run / "best.pth")
 
     service = app.Service(Classifier(ProbabilitiesOnly(classifier.backend)), open_torch, app.Limits())
-    photo = photos(flowers_mini, 1)[0]
+    photo = photos(flower_sample, 1)[0]
     upload = app.Upload(photo.name, photo.read_bytes())
 
     async def classify_then_grad_cam_twice() -> list[dict]:
@@ -249,8 +249,8 @@ def test_grad_cam_opens_a_torch_model_once_when_the_backend_has_no_gradients(tra
     assert refused.value.status_code == 503 and "best.pth was moved" in refused.value.detail
 
 
-def test_the_page_classifies_a_photo_chosen_in_the_browser(server, page, flowers_mini, classifier):
-    photo = photos(flowers_mini, 1)[0]
+def test_the_page_classifies_a_photo_chosen_in_the_browser(server, page, flower_sample, classifier):
+    photo = photos(flower_sample, 1)[0]
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
     page.goto(server + "/")
@@ -277,8 +277,8 @@ def test_the_page_classifies_a_photo_chosen_in_the_browser(server, page, flowers
     assert not outside, f"the page fetched from elsewhere: {outside}"
 
 
-def test_the_page_takes_photos_dropped_on_it(server, page, flowers_mini, classifier):
-    chosen = photos(flowers_mini, 2)
+def test_the_page_takes_photos_dropped_on_it(server, page, flower_sample, classifier):
+    chosen = photos(flower_sample, 2)
     page.goto(server + "/")
     dropped = page.evaluate_handle("""files => {
         const transfer = new DataTransfer();

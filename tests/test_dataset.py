@@ -198,7 +198,7 @@ def _small_photos(flowers: Path | None, tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("use_flowers", [True, False])
 def test_small_photos_match_the_tutorial_transforms_exactly(use_flowers, request, tmp_path):
-    flowers = request.getfixturevalue("flowers_mini") if use_flowers else None
+    flowers = request.getfixturevalue("flower_sample") if use_flowers else None
     reference_train = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                                  T.Normalize(MEAN, STD)])
     reference_eval = T.Compose([T.Resize(256, T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),

@@ -14,7 +14,7 @@ import evaluate
 import metrics
 import train
 import utils
-from conftest import FLOWERS_MINI, assert_usage_error, train_args
+from conftest import FLOWER_SAMPLE, assert_usage_error, train_args
 from imagegen import make_class_folders
 
 FLOWER_CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
@@ -40,10 +40,8 @@ def link_presplit(source: Path, target: Path, counts: dict[str, int]) -> Path:
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch run from scratch on the flower sample split into train/ val/ test/ folders (8/4/4 per class)."""
-    if not FLOWERS_MINI.is_dir():
-        pytest.skip(f"{FLOWERS_MINI} is absent (the shared 300-photo flower sample)")
     root = tmp_path_factory.mktemp("flower_run")
-    data = link_presplit(FLOWERS_MINI, root / "flowers", {"train": 8, "val": 4, "test": 4})
+    data = link_presplit(FLOWER_SAMPLE, root / "flowers", {"train": 8, "val": 4, "test": 4})
     assert train.main(train_args(data, root / "runs", "--epochs", "2", "--batch-size", "8", "--name", "split")) == 0
     return root / "runs" / "split"
 
