@@ -26,6 +26,11 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ClassNamesError(f"{path} is not a readable class_indices.json mapping '0', '1', ... to names "
                          f"({type(error).__name__}: {error})") from None
+    repeated = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if repeated is not None:  # two outputs of one name: its probability would be shown twice, scores mixed up
+        first, second = [index for index, name in enumerate(names) if name == repeated][:2]
+        raise ClassNamesError(f"{path} names two classes '{repeated}' ({first} and {second}); every class needs "
+                              f"a name of its own")
     return names
 
 

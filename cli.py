@@ -1,5 +1,5 @@
 """What the command-line programs share: the usage error they report in one line, yes/no, variant and device
-flags, and file names made printable."""
+flags, and file names made printable on one line."""
 import argparse
 import re
 import sys
@@ -51,7 +51,16 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # control characters and line separators
+
+
+def one_line(text: str) -> str:
+    """`text` printable (see printable) and on one line: a newline, tab or other control character, which a file
+    name may hold, shown as its escape (\\n, \\t, \\x1b)."""
+    return _LINE_BREAKERS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), printable(text))
+
+
 def report(message: str, status: int = 2) -> int:
-    """Print `error: message` on stderr and return the exit status to use."""
-    print(f"error: {printable(message)}", file=sys.stderr)
+    """Print `error: message` on stderr, on one line, and return the exit status to use."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return status

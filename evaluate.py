@@ -6,20 +6,31 @@
 
 DIR holds one folder of photos per class, DIR/<class name>/<images>, named as the model's classes (any of
 them; a folder the model does not know is an error). Writes, into --output-dir (default
-evaluations/<DIR name>/): predictions.csv (every photo: path, true, predicted, confidence, correct,
-true_rank), per_class.csv and confusion_matrix.png. Unreadable photos are listed and left out.
+evaluations/<DIR name>/, or <DIR name>-2/, ... when that holds the results of another folder of that name):
+predictions.csv (every photo: path, true, predicted, confidence, correct, true_rank), per_class.csv,
+confusion_matrix.png and evaluated.json (what was evaluated). Unreadable photos are listed and left out.
+No output replaces an input, or a file evaluate.py did not write unless --overwrite is given.
 """
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from cli import UsageError, report
-from evaluation import DEFAULT_TOP_K, Evaluation, describe, evaluate_images, write_files
+from cli import UsageError, one_line, report
+from evaluation import DEFAULT_TOP_K, RESULT_FILES, Evaluation, describe, evaluate_images, write_files
 from files import write_json
 from image_folders import ClassFolders, presplit_folders, scan_class_folders
 from images import IMAGE_EXTENSIONS
-from inference import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags
+from inference import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
+    weights_or_newest
+from output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
+    generator_field, marked_at_start
+
+PROGRAM = "evaluate.py"
+RECORD = "evaluated.json"  # in the output folder: which DIR and weights its results are of
+JSON_OUTPUT = OutputKind("a JSON file of evaluate.py", marked_at_start(json.dumps(generator_field(PROGRAM))[1:-1]))
+OUTPUT_FILES = {**RESULT_FILES, RECORD: OutputKind(f"a record of {PROGRAM}", JSON_OUTPUT.recognise)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"also count a photo right when its class is among the top k (default {DEFAULT_TOP_K})")
     add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
     add("--output-dir", default=None,
-        help="where predictions.csv, per_class.csv and confusion_matrix.png go (default evaluations/<DIR name>/)")
+        help="where predictions.csv, per_class.csv, confusion_matrix.png and evaluated.json go (default "
+             "evaluations/<DIR name>/, or <DIR name>-2/ ... when that one holds another folder's results)")
     add("--json", default=None, metavar="FILE", help="also write every score and the confusion matrix as JSON")
     add("--report", default=None, metavar="FILE",
         help="also write a self-contained HTML report (scores, confusion matrix, misclassified photos with "
              "Grad-CAM), to open in a browser")
+    add("--overwrite", action="store_true",
+        help="let the outputs replace existing files that evaluate.py did not write (default: refuse; its own "
+             "earlier results are replaced anyway, the photos, weights and class names never are)")
     return parser
 
 
@@ -83,12 +98,15 @@ def labelled_images(found: ClassFolders, classifier: Classifier, weights: str) -
 
 
 def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: Classifier) -> list[Path]:
-    """predictions.csv, per_class.csv and confusion_matrix.png, and the --json and --report files."""
-    output_dir = Path(args.output_dir or Path("evaluations") / Path(os.path.abspath(args.directory)).name)
+    """predictions.csv, per_class.csv, confusion_matrix.png and evaluated.json, and the --json and --report files."""
+    output_dir = Path(args.output_dir)
     written = write_files(evaluation, output_dir, f"{Path(args.directory).name}, {len(evaluation.results)} photos")
     weights = classifier.backend.origin
+    write_json(output_dir / RECORD, {**generator_field(PROGRAM), "directory": os.path.realpath(args.directory),
+                                     "weights": weights})
     if args.json:
-        write_json(args.json, {"weights": weights, "directory": args.directory,
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, {**generator_field(PROGRAM), "weights": weights, "directory": args.directory,
                                "predictions": str(written[0]), **evaluation.scores(args.top_k)})
         written.append(Path(args.json))
     if args.report:
@@ -107,32 +125,54 @@ def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: 
     return written
 
 
-def check_output_places(args: argparse.Namespace) -> None:
-    """Refuse, before any photo is scored, output names that are the wrong kind of thing."""
-    for flag, path in (("--json", args.json), ("--report", args.report)):
-        if path and os.path.isdir(path):
-            raise UsageError(f"{flag} {path} is a folder; give a file name")
-    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder (it is created if missing)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        return report("--top-k and --batch-size must be at least 1")
+def holds_other_results(folder: Path, directory: str) -> bool:
+    """Whether `folder` holds the results of another folder than `directory` (or results of unknown origin)."""
+    if not any((folder / name).exists() for name in OUTPUT_FILES):
+        return False
     try:
-        check_output_places(args)
-        found = class_folders(args.directory)
-        classifier = classifier_from_flags(args)
-        paths, labels = labelled_images(found, classifier, classifier.backend.origin)
-    except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
-        return report(str(error))
+        return json.loads((folder / RECORD).read_text())["directory"] != os.path.realpath(directory)
+    except (OSError, ValueError, KeyError, TypeError):  # written by an earlier evaluate.py, or by someone else
+        return True
+
+
+def default_output_dir(directory: str) -> str:
+    """evaluations/<DIR name>/, or <DIR name>-2/, -3/ ... when it holds another folder's results: A/test and
+    B/test must not replace each other's."""
+    base = Path("evaluations") / Path(os.path.realpath(directory)).name
+    folder, number = base, 1
+    while holds_other_results(folder, directory):
+        number += 1
+        folder = base.with_name(f"{base.name}-{number}")
+    return str(folder)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before the model loads, outputs that would replace an input or a file evaluate.py did not write,
+    that lie in DIR (the next run would score them), or that are the wrong kind of thing."""
+    from html_report import REPORT_OUTPUT
+
+    args.weights = weights_or_newest(args.weights)
+    inputs = RunInputs()
+    for path, what in model_files(args.weights, args.class_indices):
+        inputs.add_file(path, what)
+    inputs.add_folder(args.directory, "the folder of class folders")
+    args.output_dir = args.output_dir or default_output_dir(args.directory)
+    check_folder_target("--output-dir", args.output_dir, inputs, OUTPUT_FILES, args.overwrite)
+    for flag, path, kind in (("--json", args.json, JSON_OUTPUT), ("--report", args.report, REPORT_OUTPUT)):
+        if path:
+            check_file_target(flag, path, inputs, kind, args.overwrite)
+    check_distinct([*(("--output-dir", os.path.join(args.output_dir, name)) for name in OUTPUT_FILES),
+                    *((flag, path) for flag, path in (("--json", args.json), ("--report", args.report)) if path)])
+
+
+def score_and_write(args: argparse.Namespace, classifier: Classifier, paths: list[str], labels: list[int]) -> int:
+    """Score the photos, write the results and print the scores; the exit status."""
     try:
         evaluation = evaluate_images(classifier, paths, labels, args.batch_size)
     except NonFiniteOutputError as error:  # a broken model: no score would mean anything
         return report(str(error), status=1)
     for path, error in evaluation.unreadable:
-        print(f"warning: unreadable photo left out: {path}: {error}", file=sys.stderr)
+        print(f"warning: unreadable photo left out: {one_line(path)}: {one_line(error)}", file=sys.stderr)
     if not evaluation.results:
         return report(f"{args.directory}: none of its {len(paths)} photos could be read (see the warnings above)")
     try:
@@ -145,6 +185,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"left out {count} unreadable photo{'s' if count > 1 else ''} (listed above)")
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        return report("--top-k and --batch-size must be at least 1")
+    try:
+        check_outputs(args)
+        found = class_folders(args.directory)
+        classifier = classifier_from_flags(args)
+        paths, labels = labelled_images(found, classifier, classifier.backend.origin)
+        return score_and_write(args, classifier, paths, labels)
+    except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
+        return report(str(error))
+    except KeyboardInterrupt:  # the results are written last, each file atomically: none is half written
+        return report("interrupted; run it again for the results (a file written so far is whole)", status=130)
 
 
 if __name__ == "__main__":

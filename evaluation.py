@@ -12,9 +12,18 @@ from typing import Any, Sequence
 import numpy as np
 
 import metrics
+from figures import FIGURE_MARK
 from files import write_csv
+from output_paths import OutputKind, header_matches, marked_at_start
 
 DEFAULT_TOP_K = 5
+PREDICTION_COLUMNS = ("path", "true", "predicted", "confidence", "correct", "true_rank")
+# The files write_files writes, and how each is known for ours when it is there already (output_paths.py).
+RESULT_FILES = {
+    "predictions.csv": OutputKind("a predictions.csv of evaluate.py", header_matches(",".join(PREDICTION_COLUMNS))),
+    "per_class.csv": OutputKind("a per_class.csv of this project", header_matches(",".join(metrics.TABLE_COLUMNS))),
+    "confusion_matrix.png": OutputKind("a figure of this project", marked_at_start(FIGURE_MARK)),
+}
 
 
 @dataclass
@@ -79,9 +88,8 @@ class Evaluation:
     def prediction_rows(self) -> list[dict[str, Any]]:
         """One row per image for predictions.csv."""
         names = self.class_names
-        return [{"path": r.path, "true": names[r.true], "predicted": names[r.predicted],
-                 "confidence": round(r.confidence, 6), "correct": int(r.correct), "true_rank": r.true_rank}
-                for r in self.results]
+        return [dict(zip(PREDICTION_COLUMNS, (r.path, names[r.true], names[r.predicted], round(r.confidence, 6),
+                                              int(r.correct), r.true_rank))) for r in self.results]
 
 
 def evaluate_images(classifier: Any, paths: Sequence[str], labels: Sequence[int],
@@ -107,7 +115,7 @@ def write_files(evaluation: Evaluation, folder: str | os.PathLike, title: str) -
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names, confusion = evaluation.shown_confusion()
-    written = [folder / "predictions.csv", folder / "per_class.csv", folder / "confusion_matrix.png"]
+    written = [folder / name for name in RESULT_FILES]
     write_csv(written[0], evaluation.prediction_rows())
     write_csv(written[1], metrics.table_rows(names, confusion))
     figures.plot_confusion_matrix(confusion, names, written[2], title=title)

@@ -19,12 +19,18 @@ import sys
 from pathlib import Path
 
 from cli import UsageError, report
-from images import images_under
-from inference import newest_checkpoint
-from onnx_export import FORMATS, OPSET, default_output, export_checkpoint
+from images import images_under, is_image_name
+from inference import model_files, newest_checkpoint
+from onnx_backend import EXPORT_FORMAT, EXPORTED_SUFFIXES, FORMATS, OPSET, default_output
+from output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
 from variants import variant_name
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
+MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
+# An export of this project carries EXPORT_FORMAT in its metadata, at the end of the file (output_paths.py).
+EXPORT_OUTPUT = OutputKind("an export of this project", marked_at_end(EXPORT_FORMAT))
+OPENVINO_WEIGHTS_OUTPUT = OutputKind("the weights of an export of this project",
+                                     lambda path: EXPORT_OUTPUT.recognise(str(Path(path).with_suffix(".xml"))))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,20 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="this project's checkpoint, or a bare tutorial / torchvision state_dict (default: the newest "
              "runs/*/best.pth)")
     add("--output", default=None, help="where to write (default: beside the weights, .onnx or .xml)")
+    add("--overwrite", action="store_true",
+        help="let --output replace an existing file that is not an export of this project (default: refuse; "
+             "its own exports are replaced anyway, the weights and photos never are)")
     add("--format", choices=FORMATS, default="onnx",
         help="onnx (default; ONNX Runtime, OpenVINO and others read it) or openvino (IR .xml + .bin; needs "
              "the openvino package)")
-    add("--model", default="b0", help="variant of a bare state_dict (default b0); checkpoints record their own")
+    add("--model", default=None,
+        help="variant of a bare state_dict (default: the one its shapes show); checkpoints record their own")
     add("--class-indices", default=None,
         help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
     add("--images", nargs="+", default=(), metavar="PATH",
         help=f"photos or folders to check the export on (the first {CHECK_PHOTOS}; default: synthetic images)")
     add("--opset", type=parse_opset, default=OPSET,
-        help=f"ONNX opset version, {MIN_OPSET} to {max_opset()} (default {OPSET})")
+        help=f"ONNX opset version, {MIN_OPSET} up to the newest this PyTorch writes (default {OPSET})")
     return parser
-
-
-MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
 
 
 def max_opset() -> int:
@@ -62,7 +69,7 @@ def parse_opset(text: str) -> int:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or not MIN_OPSET <= value <= max_opset():
+    if value is None or not MIN_OPSET <= value <= max_opset():  # PyTorch is imported only when --opset is given
         raise argparse.ArgumentTypeError(f"{text}: choose an opset from {MIN_OPSET} to {max_opset()}")
     return value
 
@@ -80,33 +87,52 @@ def check_photos(arguments: list[str]) -> list[str]:
     return found[:CHECK_PHOTOS]
 
 
-def check_output(weights: Path, output: Path, fmt: str) -> None:
-    expected = default_output(weights, fmt).suffix
+def run_inputs(weights: Path, args: argparse.Namespace) -> RunInputs:
+    """What the export reads: the weights, the class names file and the --images."""
+    inputs = RunInputs()
+    inputs.add_file(weights, "the weights")
+    for path, what in model_files(weights, args.class_indices):
+        if what == "the class names file":
+            inputs.add_file(path, what)
+    for argument in args.images:
+        inputs.add_file(argument, "the photo")
+        inputs.add_folder(argument, "the photo folder", lambda relative: is_image_name(os.path.basename(relative)))
+    return inputs
+
+
+def check_output(weights: Path, output: Path, args: argparse.Namespace) -> None:
+    """Refuse, before anything is loaded, an output that is the wrong kind of file or would replace an input
+    or a file export.py did not write."""
+    if weights.suffix.lower() in EXPORTED_SUFFIXES:
+        source = weights.with_suffix(".pth")
+        raise UsageError(f"{weights} is an exported model already; export.py exports a .pth checkpoint"
+                         f"{f' (such as {source}, beside it)' if source.is_file() else ''}")
+    expected = default_output(weights, args.format).suffix
     if output.suffix.lower() != expected:
-        raise UsageError(f"--output {output}: with --format {fmt} the file must end in {expected}")
-    if output.exists() and output.resolve() == weights.resolve():
-        raise UsageError(f"--output {output} is the weights file itself; choose another name")
-    if not output.parent.is_dir():
-        raise UsageError(f"--output {output}: the folder {output.parent} does not exist")
+        raise UsageError(f"--output {output}: with --format {args.format} the file must end in {expected}")
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder; give a file name ending in {expected}")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: the folder {output.parent} does not exist")
+    inputs = run_inputs(weights, args)
+    check_file_target("--output", str(output), inputs, EXPORT_OUTPUT, args.overwrite)
+    if args.format == "openvino":
+        check_file_target("--output", str(output.with_suffix(".bin")), inputs, OPENVINO_WEIGHTS_OUTPUT, args.overwrite)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        weights = Path(args.weights) if args.weights else newest_checkpoint()
-        output = Path(args.output) if args.output else default_output(weights, args.format)
-        check_output(weights, output, args.format)
-        photos = check_photos(list(args.images))
-        if args.images and not photos:
-            raise UsageError(f"--images {' '.join(args.images)}: no image files there")
-        output, check = export_checkpoint(weights, output, variant_name(args.model), args.class_indices, photos,
-                                          args.format, args.opset)
-    except (UsageError, ValueError) as error:  # WeightsError is a ValueError
-        return report(str(error))
-    except OSError as error:  # an unwritable folder or a full disk: the old file, if any, is untouched
-        return report(f"{error.filename or output}: {error.strerror or error}", status=1)
+def export(args: argparse.Namespace) -> int:
+    """Check the outputs, then export and report (PyTorch is imported here, after the checks)."""
+    weights = Path(args.weights) if args.weights else newest_checkpoint(
+        name_one="give the checkpoint to export: python export.py CHECKPOINT")
+    output = Path(args.output) if args.output else default_output(weights, args.format)
+    check_output(weights, output, args)
+    photos = check_photos(list(args.images))
+    if args.images and not photos:
+        raise UsageError(f"--images {' '.join(args.images)}: no image files there")
+    from onnx_export import export_checkpoint  # PyTorch: seconds to import
+
+    output, check = export_checkpoint(weights, output, args.model and variant_name(args.model), args.class_indices,
+                                      photos, args.format, args.opset)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB), {check.summary()}")
     if check.real and check.images < len(photos):
         print(f"note: {len(photos) - check.images} of the --images could not be read and were left out")
@@ -114,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: none of the {len(photos)} --images could be read, so the check used synthetic images",
               file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return export(args)
+    except (UsageError, ValueError) as error:  # WeightsError is a ValueError
+        return report(str(error))
+    except OSError as error:  # an unwritable folder or a full disk: the old file, if any, is untouched
+        return report(f"{error.filename or args.output or 'the export'}: {error.strerror or error}", status=1)
+    except KeyboardInterrupt:  # also while PyTorch is imported; the file is written atomically, or not at all
+        return report("interrupted; nothing was written (an existing export stays as it was)", status=130)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 its top classes (and Grad-CAM overlay).
 
 Figures that only go to a file are matplotlib Figure objects without pyplot: no global backend is chosen
-(so a later --show can still open a window) and nothing is left open when a write fails. A prediction
-figure saved as PNG or JPEG carries PREDICTION_MARK in its header (a text chunk, a JPEG comment), so that
-predict.py can replace its own earlier figures without asking, refuse to replace anything else, and pass
-over its figures when it walks a folder of photos.
+(so a later --show can still open a window) and nothing is left open when a write fails. A figure saved as
+PNG or JPEG carries a mark in its header (a text chunk, a JPEG comment): PREDICTION_MARK for a prediction
+figure, so that predict.py can replace its own earlier figures without asking, refuse to replace anything
+else, and pass over its figures when it walks a folder of photos; FIGURE_MARK for every other one, so that
+evaluate.py knows its confusion matrix from someone else's picture.
 """
 import io
 import os
@@ -51,6 +52,7 @@ def why_no_window() -> str | None:
 
 
 PREDICTION_MARK = "predict.py figure (efficientnet-tutorial)"
+FIGURE_MARK = "efficientnet-tutorial figure"  # every other figure: a confusion matrix, curves, ...
 MARKED_FORMATS = {"png": b"\x89PNG", "jpg": b"\xff\xd8", "jpeg": b"\xff\xd8"}  # suffix: the file's first bytes
 
 
@@ -65,15 +67,16 @@ def is_prediction_figure(path: str | os.PathLike) -> bool:
     return head.startswith(tuple(MARKED_FORMATS.values())) and PREDICTION_MARK.encode() in head
 
 
-def _write_figure(figure: Any, path: str | os.PathLike, marked: bool = False, **options: Any) -> None:
+def _write_figure(figure: Any, path: str | os.PathLike, mark: str = FIGURE_MARK, **options: Any) -> None:
     """Render to memory first, so that a full disk is reported with the space the file needs, then write it
     atomically: an interrupted run leaves no half figure, and a name that is a link to another file is
-    replaced, never written through. The format follows the suffix (PNG without one)."""
+    replaced, never written through. The format follows the suffix (PNG without one); a PNG or JPEG carries
+    `mark` in its header, so that the programs know their own files (output_paths.py)."""
     file_format = Path(path).suffix.lower().lstrip(".") or "png"
-    if marked and file_format == "png":
-        options["metadata"] = {"Comment": PREDICTION_MARK}
-    elif marked and file_format in MARKED_FORMATS:
-        options["pil_kwargs"] = {"comment": PREDICTION_MARK.encode()}
+    if file_format == "png":
+        options["metadata"] = {"Comment": mark}
+    elif file_format in MARKED_FORMATS:
+        options["pil_kwargs"] = {"comment": mark.encode()}
     buffer = io.BytesIO()
     figure.savefig(buffer, format=file_format, dpi=100, **options)
     write_bytes(path, buffer.getvalue())
@@ -181,7 +184,7 @@ def prediction_figure(view: Image.Image, title: str, ranked: Sequence[tuple[str,
     try:
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            _write_figure(figure, path, marked=True)
+            _write_figure(figure, path, PREDICTION_MARK)
         if plt is not None:
             plt.show()
     finally:

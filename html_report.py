@@ -22,10 +22,12 @@ import metrics
 from evaluation import Evaluation
 from files import write_text
 from images import open_image, reduce_jpeg_decode, to_rgb
+from output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
 
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
 GRAD_CAM_COUNT = 6  # Grad-CAM overlays for the worst few: each costs a forward and a backward pass
 THUMBNAIL_SIZE = 200  # pixels, the longer side
+REPORT_OUTPUT = OutputKind("a report of this project", marked_at_start(HTML_GENERATOR_TAG))  # (output_paths.py)
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; margin: 0;
@@ -169,7 +171,7 @@ def page_html(title: str, subtitle: str, highlights: Sequence[tuple[str, str]], 
     cards = "".join(f'<div class="card"><b>{_text(value)}</b><span>{_text(label)}</span></div>'
                     for label, value in highlights)
     body = "".join(f'<section id="{s.anchor}"><h2>{_text(s.title)}</h2>{s.body}</section>' for s in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_GENERATOR_TAG}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_text(title)}</title>'
             f"<style>{STYLE}</style></head><body><header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p>"
             f'<nav>{nav}</nav></header><main><div class="highlights">{cards}</div>{body}</main></body></html>\n')

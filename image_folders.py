@@ -32,9 +32,24 @@ class ClassFolders:
         return sum(len(paths) for paths in self.images.values())
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """entry.is_dir() or entry.is_file(), False for a symbolic link that loops (which raises instead)."""
+    try:
+        return entry.is_dir() if kind == "folder" else entry.is_file()
+    except OSError:
+        return False
+
+
 def subfolders(root: str) -> list[str]:
     """Names of the visible sub-folders of `root`, sorted."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(root) if _is(e, "folder") and not e.name.startswith("."))
+
+
+def image_names(folder: str) -> list[str]:
+    """Names of the image files directly in `folder`, sorted; a symbolic link with an image name that leads
+    nowhere (a missing file, a loop) is listed too, so that it is reported as unreadable, not passed over."""
+    return sorted(e.name for e in os.scandir(folder)
+                  if is_image_name(e.name) and (_is(e, "file") or e.is_symlink() and not _is(e, "folder")))
 
 
 def scan_class_folders(root: str | os.PathLike, check_headers: bool = True) -> ClassFolders:
@@ -45,12 +60,11 @@ def scan_class_folders(root: str | os.PathLike, check_headers: bool = True) -> C
     """
     root = os.fspath(root)
     found = ClassFolders(root)
-    found.loose_images = sum(1 for e in os.scandir(root) if e.is_file() and is_image_name(e.name))
+    found.loose_images = len(image_names(root))
     for class_name in subfolders(root):
         class_dir = os.path.join(root, class_name)
-        names = sorted(e.name for e in os.scandir(class_dir) if e.is_file() and is_image_name(e.name))
         paths = []
-        for path in (os.path.join(class_dir, name) for name in names):
+        for path in (os.path.join(class_dir, name) for name in image_names(class_dir)):
             problem = check_image_header(path) if check_headers else None
             if problem:
                 found.skipped.append(f"{path}: {problem}")

@@ -10,12 +10,13 @@ inside the JPEG decoder and much faster) whenever the output still gets at least
 has; small photos take exactly torchvision's path.
 """
 import os
+import re
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
 
 from variants import MEAN, STD
 
@@ -54,18 +55,46 @@ def images_under(folder: str | os.PathLike) -> Iterator[str]:
 _LEAST_REDUCTION = "least_jpeg_reduction"  # image.info key set by open_image: the pixel limit's scale
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def _open_header(path: "str | os.PathLike | BinaryIO") -> Image.Image:
+    """Image.open without Pillow's own size check for a JPEG (it refuses anything over twice its pixel limit,
+    which a JPEG decoded at 1/8 scale need not be); open_image checks the size itself."""
+    start = None if isinstance(path, (str, os.PathLike)) else path.tell()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is enforced by open_image
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError as error:
+            if start is not None:  # an upload: read it again from where it starts
+                path.seek(start)
+            if _file_start(path) != b"\xff\xd8\xff":  # not a JPEG: refused, in the words open_image uses
+                limit, counted = Image.MAX_IMAGE_PIXELS, re.search(r"\((\d+) pixels\)", str(error))
+                size = f"{int(counted.group(1)):,} pixels" if counted else f"more than {2 * limit:,} pixels"
+                raise Image.DecompressionBombError(f"{size}, over the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS); "
+                                                   f"scale it down first") from None
+    return JpegImagePlugin.JpegImageFile(path)  # what Image.open returns for a JPEG, without the check
+
+
+def _file_start(source: "str | os.PathLike | BinaryIO") -> bytes:
+    """The first three bytes of a file, named or open (left where it was)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            return file.read(3)
+    position = source.tell()
+    start = source.read(3)
+    source.seek(position)
+    return start
+
+
+def open_image(path: "str | os.PathLike | BinaryIO") -> Image.Image:
     """Open an image lazily (header only), checking its size before anything is decoded.
 
     Over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS, 89 million), a JPEG is marked to decode at no less
-    than the reduced scale that fits (1/2 ... 1/8, done by the JPEG decoder; reduce_jpeg_decode and to_rgb
+    than the reduced scale that fits (1/2, 1/4 or 1/8, done by the JPEG decoder; reduce_jpeg_decode and to_rgb
     apply it, so that a caller wanting a smaller scale still gets it: Pillow takes only the first request);
-    any other image is refused, as is one with a far-fetched aspect ratio (check_shape). Pillow itself
-    refuses anything over twice its limit.
+    a JPEG that does not fit even at 1/8 and any other image over the limit are refused, as is one with a
+    far-fetched aspect ratio (check_shape).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is enforced below
-        image = Image.open(path)
+    image = _open_header(path)
     try:
         check_shape(image)
         limit = Image.MAX_IMAGE_PIXELS
@@ -73,8 +102,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         if limit and width * height > limit:
             reduction = next((r for r in (2, 4, 8) if -(-width // r) * -(-height // r) <= limit), None)
             if image.format != "JPEG" or reduction is None:
+                at_eighth = " even at 1/8 scale" if image.format == "JPEG" else ""
                 raise Image.DecompressionBombError(
-                    f"{width} x {height} = {width * height:,} pixels, over the limit of {limit:,} "
+                    f"{width} x {height} = {width * height:,} pixels, over the limit of {limit:,}{at_eighth} "
                     f"(PIL.Image.MAX_IMAGE_PIXELS); scale it down first")
             image.info[_LEAST_REDUCTION] = reduction
     except BaseException:
@@ -85,6 +115,11 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
 def check_image_header(path: str) -> str | None:
     """Why the file at `path` cannot be an image we can read, or None if its header looks fine."""
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as error:  # a loop, or a missing target
+            return f"a symbolic link to {os.readlink(path)}, which cannot be opened ({error.strerror})"
     try:
         if os.path.getsize(path) == 0:
             return "empty file"

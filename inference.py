@@ -69,13 +69,43 @@ class Prediction:
     error: str | None = None
 
 
-def newest_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
-    """best.pth of the most recently written run under `runs_dir`."""
+def newest_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, name_one: str = "pass --weights PATH") -> Path:
+    """best.pth of the most recently written run under `runs_dir`; `name_one` says how to give one instead."""
     candidates = sorted(Path(runs_dir).glob("*/best.pth"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise UsageError(f"no trained checkpoint found under {runs_dir}/*/best.pth; train one with "
-                         f"'python train.py' or pass --weights PATH")
+                         f"'python train.py' or {name_one}")
     return candidates[-1]
+
+
+def weights_or_newest(weights: str | os.PathLike | None) -> str | None:
+    """`weights`, else the newest runs/*/best.pth, else None (Classifier.from_weights then says there is none):
+    what a run will read, known before the output flags are checked."""
+    if weights is not None:
+        return str(weights)
+    try:
+        return str(newest_checkpoint())
+    except UsageError:
+        return None
+
+
+WEIGHTS_FILES = {".pth": "the checkpoint", ".onnx": "the exported model", ".xml": "the exported model",
+                 ".bin": "the exported model's weights"}
+
+
+def model_files(weights: str | os.PathLike | None, class_indices: str | None) -> list[tuple[str, str]]:
+    """(path, what it is) of every file a run may read for its model: the weights, the checkpoint or export
+    beside them (best.onnx beside best.pth, and the other way round), and the class names file, given or
+    found (beside the weights, or here). The output flags must never name one of them."""
+    found = []
+    if weights is not None and str(weights).lower() != "imagenet":
+        path = Path(weights)
+        found.append((str(path), WEIGHTS_FILES.get(path.suffix.lower(), "the weights")))
+        found += [(str(path.with_suffix(suffix)), what) for suffix, what in WEIGHTS_FILES.items()
+                  if suffix != path.suffix.lower()]
+    class_files = [class_indices] if class_indices else [
+        *([str(Path(weights).parent / "class_indices.json")] if weights else []), "class_indices.json"]
+    return found + [(path, "the class names file") for path in class_files]
 
 
 def _describe_error(error: Exception) -> str:
@@ -99,11 +129,12 @@ def torch_only(weights: str | os.PathLike, device: Any, precision: str, gradient
     return None
 
 
-def open_backend(weights: str | os.PathLike, model_name: str = "b0", class_indices: str | None = None,
+def open_backend(weights: str | os.PathLike, model_name: str | None = None, class_indices: str | None = None,
                  device: Any = None, precision: str = "float32", backend: str = "auto",
                  gradients: bool = False) -> Backend:
     """The backend that runs `weights`: `backend` as asked, or for "auto" the fastest one that can serve the
-    request (see the module's docstring). `gradients`: Grad-CAM will be asked for."""
+    request (see the module's docstring). `gradients`: Grad-CAM will be asked for. `model_name` None: a bare
+    state_dict's variant is read from its shapes, a plain .onnx is taken for b0."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if device is not None:  # a wrong name is that, not a reason to need another backend
@@ -119,9 +150,9 @@ def open_backend(weights: str | os.PathLike, model_name: str = "b0", class_indic
         if chosen == "onnxruntime" and suffix == ".xml":
             raise UsageError(f"{weights} is OpenVINO's format; use --backend openvino, or the .onnx with "
                              f"ONNX Runtime")
-        return onnx_backend.load(weights, chosen, model_name, class_indices)
+        return onnx_backend.load(weights, chosen, model_name or "b0", class_indices)
     if backend != "torch" and needs_torch is None:
-        exported = _export_of(weights, "onnxruntime" if backend == "auto" else backend, model_name,
+        exported = _export_of(weights, "onnxruntime" if backend == "auto" else backend, model_name or "b0",
                               class_indices, required=backend != "auto")
         if exported is not None:
             return exported
@@ -181,7 +212,7 @@ class Classifier:
         self._gradient_backend: Any = backend if hasattr(backend, "grad_cam") else None
 
     @classmethod
-    def from_weights(cls, weights: str | os.PathLike | None = None, model_name: str = "b0",
+    def from_weights(cls, weights: str | os.PathLike | None = None, model_name: str | None = None,
                      class_indices: str | None = None, device: Any = None, precision: str = "float32",
                      backend: str = "auto", tta: bool = False, gradients: bool = False) -> "Classifier":
         """From this project's checkpoint (everything inside it), a bare state_dict plus class names, or an
@@ -325,8 +356,9 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
         help="what runs the model: 'auto' (default) takes ONNX Runtime for an .onnx, or for a checkpoint with "
              "an up-to-date export beside it (best.onnx beside best.pth), unless Grad-CAM, bfloat16 or a GPU "
              "--device needs PyTorch; else torch")
-    add("--model", default="b0", help="variant of a bare state_dict or plain .onnx (default b0); checkpoints and "
-                                      "exports of this project record their own")
+    add("--model", default=None, help="variant of a bare state_dict or plain .onnx (default: for a state_dict the one "
+                                      "its shapes show, for a plain .onnx b0); checkpoints and exports of this "
+                                      "project record their own")
     add("--class-indices", default=None,
         help="class names for a bare state_dict or plain .onnx (default: class_indices.json beside the weights, "
              "else here)")
@@ -338,4 +370,5 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
 def classifier_from_flags(args: argparse.Namespace, **options: Any) -> "Classifier":
     """The Classifier that add_model_flags' flags ask for; `options` adds or overrides from_weights' arguments."""
     chosen = {"backend": args.backend, "tta": args.tta, **options}
-    return Classifier.from_weights(args.weights, variant_name(args.model), args.class_indices, args.device, **chosen)
+    model_name = variant_name(args.model) if args.model else None
+    return Classifier.from_weights(args.weights, model_name, args.class_indices, args.device, **chosen)

@@ -49,12 +49,14 @@ def summary(confusion: "np.ndarray | Sequence") -> dict[str, float]:
     return result
 
 
+TABLE_COLUMNS = ("class", "precision", "recall", "f1", "support")  # per_class.csv's header
+
+
 def class_rows(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> list[dict[str, Any]]:
-    """One dict per class (class, precision, recall, f1, support), as per_class.csv and JSON reports hold."""
+    """One dict per class (TABLE_COLUMNS), as per_class.csv and JSON reports hold."""
     scores = per_class(confusion)
-    return [{"class": name, "precision": round(float(scores["precision"][i]), 6),
-             "recall": round(float(scores["recall"][i]), 6), "f1": round(float(scores["f1"][i]), 6),
-             "support": int(scores["support"][i])} for i, name in enumerate(classes)]
+    return [dict(zip(TABLE_COLUMNS, (name, *(round(float(scores[key][i]), 6) for key in TABLE_COLUMNS[1:4]),
+                                     int(scores["support"][i])))) for i, name in enumerate(classes)]
 
 
 def table_rows(classes: Sequence[str], confusion: "np.ndarray | Sequence") -> list[dict[str, Any]]:

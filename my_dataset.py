@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
 # Re-exported: the decoding helpers were importable from here before images.py existed.
 from images import IMAGE_EXTENSIONS, Preprocessing, is_image_name, normalize, open_image, oriented_size, \
@@ -192,3 +192,25 @@ class EpochSampler(Sampler):
         if self.pad and total % self.num_replicas:
             total = math.ceil(total / self.num_replicas) * self.num_replicas
         return len(range(self.rank, total, self.num_replicas))
+
+
+class LastBatchMerged(BatchSampler):
+    """Batches of `batch_size` samples, where a last batch of a single sample joins the one before it.
+
+    BatchNorm cannot train on one image whose feature maps have shrunk to 1 x 1 (32 px images): such a lone
+    last batch would stop the run, and dropping it would leave that image out of the epoch.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __iter__(self) -> Iterator[list]:
+        batches = list(super().__iter__())
+        if self.batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+            lone = batches.pop()
+            batches[-1] = batches[-1] + lone
+        return iter(batches)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (rest > 0) - (rest == 1 and full > 0 and self.batch_size > 1)

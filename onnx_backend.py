@@ -26,11 +26,18 @@ from variants import image_settings, variant_name
 
 EXPORT_FORMAT = "efficientnet-tutorial-onnx/1"  # the "format" metadata entry of this project's exports
 EXPORTED_SUFFIXES = (".onnx", ".xml")  # ONNX, and OpenVINO's IR
+FORMATS = ("onnx", "openvino")  # what export.py writes
+OPSET = 17  # read by every ONNX Runtime and OpenVINO release of the last years; newer opsets measured no faster
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> what to pip install
 
 
 class StaleModelError(UsageError):
     """An exported model whose checkpoint has changed since it was exported."""
+
+
+def default_output(checkpoint: str | os.PathLike, fmt: str = "onnx") -> Path:
+    """Where export.py writes: best.pth -> best.onnx (or best.xml) beside it."""
+    return Path(checkpoint).with_suffix(".xml" if fmt == "openvino" else ".onnx")
 
 
 def is_installed(backend: str) -> bool:

@@ -24,11 +24,10 @@ import torch_backend
 from cli import UsageError
 from files import atomic_path
 from images import Preprocessing
+from onnx_backend import FORMATS, OPSET, default_output  # noqa: F401 (re-exported: they were defined here)
 
-OPSET = 17  # read by every ONNX Runtime and OpenVINO release of the last years; newer opsets measured no faster
 TOLERANCE = 1e-4  # the largest |difference| of any probability allowed between the export and PyTorch
 SYNTHETIC_IMAGES = 4  # checked when no real photos are given
-FORMATS = ("onnx", "openvino")
 
 
 class ExportMismatchError(UsageError):
@@ -153,12 +152,8 @@ def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
     openvino.save_model(model, str(xml_path), compress_to_fp16=False)  # float32 weights: same answers
 
 
-def default_output(checkpoint: str | os.PathLike, fmt: str = "onnx") -> Path:
-    """best.pth -> best.onnx (or best.xml) beside it."""
-    return Path(checkpoint).with_suffix(".xml" if fmt == "openvino" else ".onnx")
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, model_name: str = "b0",
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None,
+                      model_name: str | None = None,
                       class_indices: str | None = None, photos: Sequence[str | os.PathLike] = (), fmt: str = "onnx",
                       opset: int = OPSET) -> tuple[Path, ExportCheck]:
     """Export this project's checkpoint, or a bare state_dict with its variant and class names."""

@@ -14,6 +14,7 @@ From a notebook:
     # -> [[("roses", 0.93), ("tulips", 0.04), ...], ...]
 """
 import argparse
+import collections
 import contextlib
 import csv
 import glob
@@ -26,11 +27,14 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 import figures
-from cli import UsageError, printable, report
-from images import images_under
+from cli import UsageError, one_line, printable, report
+from images import images_under, is_image_name
 # Re-exported for notebooks and scripts written against earlier versions of this file.
 from inference import (DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
-                       add_model_flags, classifier_from_flags, classify, newest_checkpoint)
+                       add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
+                       weights_or_newest)
+from output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
+                          header_matches)
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -71,14 +75,17 @@ def _photos_among(paths: Iterable[str], argument: str, none_found: str) -> Itera
         yield Scored(argument, error=none_found + (" but predict.py's figures" if passed_over else ""))
 
 
-def figure_path(template: str | None, source: str, index: int | None, suffix: str = "") -> str:
+def figure_path(template: str | None, source: str, index: int | None, suffix: str = "",
+                stem_shared: bool = True) -> str:
     """--save out.png for one image; out_<position>_<image name>.png for each of several. A folder
-    (existing, or written with a trailing slash) gets [<position>_]<image name>_pred.png inside it, a name
-    that cannot be the photo itself even when the folder is the photos' own."""
+    (existing, or written with a trailing slash) gets <image name>_pred.png inside it, a name that cannot be
+    the photo itself even when the folder is the photos' own; photos of the run that share a name
+    (`stem_shared`) get their position in front: <position>_<image name>_pred.png."""
     if not template:
         return ""
     position = f"{index:03d}_" if index is not None else ""
     if is_folder(template):
+        position = position if stem_shared else ""
         return str(Path(template) / f"{position}{Path(source).stem}{suffix or '_pred'}.png")
     target = Path(template)
     stem = target.stem + (f"_{position}{Path(source).stem}" if index is not None else "") + suffix
@@ -102,52 +109,42 @@ def check_figure_name(template: str | None) -> None:
                            f"{', '.join('.' + e for e in sorted(supported))}")
 
 
-def file_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, links followed, or None where there is none: every name of one
-    file (a hard link, a symbolic link, another spelling of the path) has the same."""
-    try:
-        status = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return status.st_dev, status.st_ino
+# What predict.py writes, and how it knows its own earlier files (output_paths.py has the rule).
+CSV_OUTPUT = OutputKind("a CSV table of predict.py", header_matches(r"image(,class_\d+,probability_\d+)+,error"))
+FIGURE_OUTPUT = OutputKind("a figure of predict.py", figures.is_prediction_figure, scans_pass_over=True)
+UNMARKED_FIGURE_OUTPUT = OutputKind("a figure of predict.py", None,
+                                    f"(only its {', '.join(FIGURE_SUFFIXES)} figures say so)")
 
 
-def check_figure_target(path: str, photos: dict[tuple[int, int], str], overwrite: bool) -> None:
-    """Refuse a figure name that is one of the input photos, compared as files, not names (never, even with
-    --overwrite), or an existing file that predict.py did not draw (unless `overwrite`)."""
-    identity = file_identity(path)
-    if identity is None:
-        return
-    if identity in photos:
-        photo = photos[identity]
-        other_name = "" if photo == path else f" ({path} is another name of it)"
-        raise UsageError(f"its figure would overwrite the photo {photo}{other_name}; choose another --save")
-    if not overwrite and not figures.is_prediction_figure(path):
-        what = ("is not a figure of predict.py" if path.lower().endswith(FIGURE_SUFFIXES) else
-                f"may not be a figure of predict.py (only its {', '.join(FIGURE_SUFFIXES)} figures say so)")
-        raise UsageError(f"{path} exists and {what}; pass --overwrite to replace it, or choose another --save")
+def check_figure_target(flag: str, path: str, inputs: RunInputs, overwrite: bool) -> None:
+    """Refuse a figure name that is an input of the run (never, even with --overwrite), or an existing file that
+    predict.py did not draw (unless `overwrite`)."""
+    marked = path.lower().endswith(FIGURE_SUFFIXES)
+    check_file_target(flag, path, inputs, FIGURE_OUTPUT if marked else UNMARKED_FIGURE_OUTPUT, overwrite)
 
 
 def write_figures(classifier: Classifier, result: Prediction, args: argparse.Namespace, position: int | None,
-                  photos: dict[tuple[int, int], str]) -> None:
-    """The --cam and --save/--show figures of one classified image; never over one of the input photos, and
-    over another existing file only when it is an earlier figure of ours or --overwrite says so."""
-    def target(path: str) -> str:
+                  inputs: RunInputs, stem_shared: bool) -> None:
+    """The --cam and --save/--show figures of one classified image; never over an input of the run, and over
+    another existing file only when it is an earlier figure of ours or --overwrite says so."""
+    def target(path: str, flag: str) -> str:
         if path:
-            check_figure_target(path, photos, args.overwrite)
+            check_figure_target(flag, path, inputs, args.overwrite)
         return path
 
     view = None
     title = printable(Path(result.source).name)
     if args.cam:
         view, cam, _ = classifier.grad_cam(result.source)
-        cam_path = figure_path(args.save or os.path.join(args.cam_dir, ""), result.source, position, "_cam")
-        figures.prediction_figure(view, title, result.ranked, target(cam_path), cam=cam)
+        cam_path = figure_path(args.save or os.path.join(args.cam_dir, ""), result.source, position, "_cam",
+                               stem_shared)
+        figures.prediction_figure(view, title, result.ranked, target(cam_path, "--save" if args.save else "--cam-dir"),
+                                  cam=cam)
     if args.save or args.show:
         if view is None:
             view = classifier.preprocessing.load_view(result.source)
-        figures.prediction_figure(view, title, result.ranked, target(figure_path(args.save, result.source, position)),
-                                  show=args.show)
+        saved = figure_path(args.save, result.source, position, stem_shared=stem_shared)
+        figures.prediction_figure(view, title, result.ranked, target(saved, "--save"), show=args.show)
 
 
 class Output:
@@ -185,10 +182,11 @@ class Output:
         # text and CSV: such bytes as \xNN, which any UTF-8 stream can take
         result = Prediction(printable(result.source), [(printable(c), p) for c, p in result.ranked],
                             result.error and printable(result.error))
-        if not self.json and result.ranked:
-            self._print("\n".join([result.source, *(f"  {c:<24} {p:.4f}" for c, p in result.ranked)]), sys.stdout)
+        if not self.json and result.ranked:  # a newline in a file name must not start a line of its own
+            rows = (f"  {one_line(c):<24} {p:.4f}" for c, p in result.ranked)
+            self._print("\n".join([one_line(result.source), *rows]), sys.stdout)
         if result.error:
-            self._print(f"error: {result.source}: {result.error}", sys.stderr)
+            self._print(f"error: {one_line(result.source)}: {one_line(result.error)}", sys.stderr)
         if self.csv_file:
             cells = [value for c, p in result.ranked for value in (c, f"{p:.6f}")]
             self.csv.writerow([result.source, *cells, *[""] * (2 * self.top_k - len(cells)), result.error or ""])
@@ -242,10 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a row per image to FILE: image, class_1, probability_1, ... , error")
     add("--save", default=None, metavar="OUT.png",
         help="write the photo with its top-k bar chart (OUT_<n>_<image>.png for several images; a FOLDER/ "
-             "gets one <image>_pred.png per image)")
+             "gets one <image>_pred.png per image, <n>_<image>_pred.png for images of the same name)")
     add("--overwrite", action="store_true",
-        help="let --save and --cam replace existing files that are not predict.py's own figures (its earlier "
-             "figures are replaced anyway; the input photos never are)")
+        help="let --csv, --save and --cam replace existing files that predict.py did not write (default: refuse; "
+             "its own earlier tables and figures are replaced anyway, the run's inputs never are)")
     add("--show", action="store_true", help="open the figure in a window, as the tutorial did")
     add("--cam", action="store_true", help="also save a Grad-CAM heat map of where the network looked")
     add("--cam-dir", default="gradcam", help="folder for Grad-CAM images without --save (default gradcam/)")
@@ -253,20 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def classify_all(classifier: Classifier, inputs: Iterable[str | Scored], args: argparse.Namespace,
-                 output: Output) -> bool:
-    """Classify and write each result as it comes (with its figures when asked); True if all went well."""
+                 output: Output, known: RunInputs | None = None) -> bool:
+    """Classify and write each result as it comes (with its figures when asked); True if all went well.
+    `known`: what the run reads besides the photos (check_outputs)."""
     figures_wanted = args.save or args.cam or args.show
     if figures_wanted:  # figures must never overwrite a photo: know them all first
-        inputs = list(inputs)
-        identities = ((file_identity(item), item) for item in inputs if isinstance(item, str))
-        several, photos = len(inputs) > 1, {identity: item for identity, item in identities if identity}
+        inputs, known = list(inputs), known or RunInputs()
+        photos = [item for item in inputs if isinstance(item, str)]
+        for photo in photos:
+            known.add_file(photo, "the photo")
+        several, stems = len(inputs) > 1, collections.Counter(Path(photo).stem for photo in photos)
     all_well = True
     for position, scored in enumerate(classifier.scores(inputs, args.batch_size)):
         result = Prediction(scored.source, classifier.rank(scored.probabilities, args.top_k)
                             if scored.error is None else [], scored.error)
         if figures_wanted and result.error is None:
             try:
-                write_figures(classifier, result, args, position if several else None, photos)
+                write_figures(classifier, result, args, position if several else None, known,
+                              stems[Path(result.source).stem] > 1)
             except UsageError as error:
                 result.error = str(error)
             except OSError as error:  # an unwritable --save / --cam-dir: report it, keep the results
@@ -276,8 +278,39 @@ def classify_all(classifier: Classifier, inputs: Iterable[str | Scored], args: a
     return all_well
 
 
-def open_classifier(args: argparse.Namespace) -> Classifier:
+def run_inputs(args: argparse.Namespace) -> RunInputs:
+    """What this run reads, as far as it is known before the photos are listed: the model's files, the photos
+    named, the folders given (whose image files it reads) and what the globs match."""
+    inputs = RunInputs()
+    for path, what in model_files(args.weights, args.class_indices):
+        inputs.add_file(path, what)
+    for argument in args.images:
+        if os.path.isdir(argument):
+            inputs.add_folder(argument, "the photo folder", lambda relative: is_image_name(os.path.basename(relative)))
+        elif os.path.exists(argument):
+            inputs.add_file(argument, "the photo")
+        elif glob.has_magic(argument):
+            for path in glob.iglob(argument, recursive=True):
+                inputs.add_file(path, "the photo")
+    return inputs
+
+
+def check_outputs(args: argparse.Namespace) -> RunInputs:
+    """Refuse, before the model loads, a --csv that would replace an input or someone else's file, and a --save
+    name matplotlib cannot write; what the run reads, for the figures' checks."""
+    args.weights = weights_or_newest(args.weights)
+    inputs = run_inputs(args)
+    if args.csv:
+        try:
+            check_file_target("--csv", args.csv, inputs, CSV_OUTPUT, args.overwrite)
+        except UsageError as error:
+            hint = " (--csv takes the name of the table to write, such as --csv results.csv)"
+            raise UsageError(f"{error}{hint if is_image_name(os.path.basename(args.csv)) else ''}") from None
     check_figure_name(args.save)
+    return inputs
+
+
+def open_classifier(args: argparse.Namespace) -> Classifier:
     classifier = classifier_from_flags(args, precision=args.precision, gradients=args.cam)
     if classifier.backend.name == "torch":
         from runtime import keep_freed_memory_for_reuse
@@ -296,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         args.show = False
     try:
+        known_inputs = check_outputs(args)
         classifier = open_classifier(args)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))
@@ -306,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         return report(f"--csv {args.csv}: {error.strerror or error}")
     try:
-        return 0 if classify_all(classifier, expand_inputs(args.images), args, output) else 1
+        return 0 if classify_all(classifier, expand_inputs(args.images), args, output, known_inputs) else 1
     except NonFiniteOutputError as error:
         return report(str(error), status=1)
     except KeyboardInterrupt:  # what was written stays: every result is complete in every output

@@ -2,9 +2,7 @@
 schedule, the loss (label smoothing, class weights), mixup/CutMix, the weight average (EMA), the augmentation,
 balanced sampling, early stopping and which epoch counts as best.
 
-The tutorial's recipe is the default: SGD (momentum 0.9, weight decay 1e-4), a cosine from --lr down to
---lr x --lrf, random crop and flip, plain cross-entropy. `--recipe modern` switches on a measured
-combination of the options (PRESETS; BENCHMARKS.md has the experiments); flags given explicitly win.
+The flags, the presets and their checks are in train_flags.py (no PyTorch there), re-exported here.
 """
 import argparse
 import copy
@@ -16,134 +14,14 @@ import torch
 import torchvision.transforms as T
 from torch import nn
 
-from cli import UsageError, parse_bool
 from my_dataset import TrainTransform
-from variants import VARIANTS
+# Re-exported: the recipe's settings lived here before train_flags.py held them.
+from train_flags import (ADAMW_LR, AUTO_AUGMENT_NAMES, BEST_METRICS, EMA_DECAY, PRESETS, RECORDED,  # noqa: F401
+                         TUTORIAL, WEIGHT_DECAY, build_parser_recipe, check_recipe, describe, fill_defaults, resolve)
 from weights import checkpoint_fields
 
-# The recipe flags at the tutorial's values: the parser's defaults, and what runs saved before these flags
-# existed were trained with. None means "depends on another flag" (fill_defaults settles it).
-TUTORIAL: Mapping[str, Any] = {
-    "recipe": "tutorial", "opt": "sgd", "weight_decay": None, "warmup_epochs": 0, "label_smoothing": 0.0,
-    "ema": None, "auto_augment": "none", "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-    "drop_path": None, "class_weights": "none", "balanced_sampling": False, "early_stopping": None,
-    "best_metric": "acc",
-}
-# The measured combination (BENCHMARKS.md, "Training recipe"); README.md lists the same flags.
-PRESETS: Mapping[str, Mapping[str, Any]] = {
-    "tutorial": {},
-    "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2},
-}
-WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}  # the tutorial's for SGD; the usual decoupled decay for AdamW
-ADAMW_LR = 0.001  # --lr's default with --opt adamw (0.01, the tutorial's SGD rate, is far too high for Adam)
-EMA_DECAY = 0.999  # --ema without a value
-AUTO_AUGMENTS: Mapping[str, Callable[[], Callable] | None] = {
-    "none": None, "trivialaugment": T.TrivialAugmentWide, "randaugment": T.RandAugment}
-BEST_METRICS = {"acc": "val_acc", "macro_f1": "val_macro_f1"}  # --best-metric -> the history column
-RECORDED = ("recipe", "epochs", "batch_size", "image_size", "freeze_layers", "opt", "lr", "lrf", "weight_decay",
-            "warmup_epochs", "label_smoothing", "ema", "auto_augment", "random_erase", "mixup_alpha",
-            "cutmix_alpha", "drop_path", "class_weights", "balanced_sampling", "early_stopping", "best_metric")
-
-
-def build_parser_recipe(parser: argparse.ArgumentParser) -> None:
-    """Add the recipe's flags to train.py's parser, as their own group of --help."""
-    group = parser.add_argument_group("training recipe (defaults: the tutorial's)")
-    add, default = group.add_argument, TUTORIAL
-    modern = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in PRESETS["modern"].items())
-    add("--recipe", choices=list(PRESETS), default=default["recipe"],
-        help=f"a preset of the flags below; 'modern' = {modern}; flags given explicitly win (default tutorial)")
-    add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
-        help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")
-    add("--weight-decay", type=float, default=default["weight_decay"], metavar="WD",
-        help=f"weight decay (default {WEIGHT_DECAY['sgd']:g} with SGD, {WEIGHT_DECAY['adamw']:g} with AdamW)")
-    add("--warmup-epochs", type=int, default=default["warmup_epochs"], metavar="N",
-        help="raise the learning rate linearly over the first N epochs (--lr x k/(N+1) in epoch k), then "
-             "follow the cosine over the remaining epochs (default 0)")
-    add("--label-smoothing", type=float, default=default["label_smoothing"], metavar="EPS",
-        help="train towards 1-EPS on the true class and EPS spread over all classes (default 0)")
-    add("--ema", type=float, nargs="?", const=EMA_DECAY, default=default["ema"], metavar="DECAY",
-        help=f"keep an exponential moving average of the weights (DECAY per step, {EMA_DECAY} when omitted); "
-             f"validation scores it and best.pth holds it (default off)")
-    add("--auto-augment", choices=list(AUTO_AUGMENTS), default=default["auto_augment"],
-        help="extra augmentation after the crop and flip: torchvision's TrivialAugmentWide or RandAugment "
-             "(default none)")
-    add("--random-erase", type=float, default=default["random_erase"], metavar="P",
-        help="erase a random rectangle of each training image with probability P (default 0)")
-    add("--mixup-alpha", type=float, default=default["mixup_alpha"], metavar="ALPHA",
-        help="blend each batch with a shuffled copy of itself, pixels and labels, by a Beta(ALPHA, ALPHA) "
-             "weight (default 0: off)")
-    add("--cutmix-alpha", type=float, default=default["cutmix_alpha"], metavar="ALPHA",
-        help="paste a box of another image of the batch, labels mixed by area, Beta(ALPHA, ALPHA); with "
-             "--mixup-alpha too, each batch gets one of the two at random (default 0: off)")
-    add("--drop-path", type=float, default=default["drop_path"], metavar="RATE",
-        help="stochastic depth: the last block's residual branch is dropped with probability RATE, block i of "
-             "N with RATE x i/N (default: the variant table's, 0.2 as torchvision's)")
-    add("--class-weights", choices=("none", "auto"), default=default["class_weights"],
-        help="'auto': weight the loss of each class by n / (classes x n_class), its inverse frequency in "
-             "training (default none)")
-    add("--balanced-sampling", type=parse_bool, nargs="?", const=True, default=default["balanced_sampling"],
-        metavar="{true,false}", help="draw training images with replacement so that every class is drawn "
-                                     "equally often (default false)")
-    add("--early-stopping", type=int, default=default["early_stopping"], metavar="PATIENCE",
-        help="stop when the best metric has not improved for PATIENCE epochs; a resumed run counts on "
-             "(default off)")
-    add("--best-metric", choices=list(BEST_METRICS), default=default["best_metric"],
-        help="what best.pth and early stopping go by: validation accuracy or macro F1 (default acc)")
-
-
-def resolve(args: argparse.Namespace, given: set[str] | frozenset[str]) -> argparse.Namespace:
-    """Apply --recipe's preset to the flags not written on the command line (`given`), then the defaults
-    that depend on other flags. A new run's settings; a resumed run keeps its saved ones."""
-    preset = PRESETS[args.recipe]
-    for key, value in preset.items():
-        if key not in given:
-            setattr(args, key, value)
-    if args.opt == "adamw" and "lr" not in given and "lr" not in preset:
-        args.lr = ADAMW_LR
-    return fill_defaults(args)
-
-
-def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Settle the defaults that depend on other flags; a run saved before a flag existed gets its tutorial value."""
-    for key, value in TUTORIAL.items():
-        if not hasattr(args, key):
-            setattr(args, key, value)
-    if args.weight_decay is None:
-        args.weight_decay = WEIGHT_DECAY[args.opt]
-    if args.drop_path is None:
-        args.drop_path = VARIANTS[args.model].drop_connect_rate
-    return args
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Reject impossible recipe settings and combinations, one clear line, before any work starts."""
-    problems = [
-        (args.weight_decay is not None and args.weight_decay < 0, f"--weight-decay {args.weight_decay}: use 0 or more"),
-        (not 0 <= args.warmup_epochs < args.epochs,
-         f"--warmup-epochs {args.warmup_epochs}: use 0 or more, fewer than --epochs {args.epochs}"),
-        (not 0 <= args.label_smoothing < 1, f"--label-smoothing {args.label_smoothing}: use a value in [0, 1)"),
-        (args.ema is not None and not 0 < args.ema < 1, f"--ema {args.ema}: the decay must be between 0 and 1"),
-        (not 0 <= args.random_erase <= 1, f"--random-erase {args.random_erase}: a probability, within 0 ... 1"),
-        (args.mixup_alpha < 0, f"--mixup-alpha {args.mixup_alpha}: use 0 (off) or a positive alpha"),
-        (args.cutmix_alpha < 0, f"--cutmix-alpha {args.cutmix_alpha}: use 0 (off) or a positive alpha"),
-        (args.drop_path is not None and not 0 <= args.drop_path < 1,
-         f"--drop-path {args.drop_path}: use a rate in [0, 1)"),
-        (args.early_stopping is not None and args.early_stopping < 1,
-         f"--early-stopping {args.early_stopping}: the patience is a number of epochs, 1 or more"),
-        (args.class_weights == "auto" and args.balanced_sampling,
-         "--class-weights auto with --balanced-sampling corrects the imbalance twice; use one of them"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise UsageError(message)
-
-
-def describe(args: argparse.Namespace, class_names: Sequence[str], class_weights: Sequence[float] | None) -> dict:
-    """The resolved recipe of a run, for its recipe.json."""
-    settings = {key: getattr(args, key) for key in RECORDED}
-    if class_weights is not None:
-        settings["class_weight_values"] = dict(zip(class_names, class_weights))
-    return settings
+AUTO_AUGMENTS: Mapping[str, Callable[[], Callable] | None] = dict(zip(AUTO_AUGMENT_NAMES, (
+    None, T.TrivialAugmentWide, T.RandAugment)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

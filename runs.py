@@ -52,6 +52,9 @@ def find_resume_checkpoint(resume: str) -> Path:
 
 def continue_hint(run_dir: Path, broken: Path | None = None) -> str:
     """Which checkpoint of the run is intact (other than `broken`), and the command that continues from it."""
+    if not (run_dir / "split.json").is_file():  # a stray file, not a run's: no epoch of a run to speak of
+        return (f"{run_dir} is not a run folder of train.py (it has no split.json); --resume takes a run folder "
+                f"or its last.pth")
     for name in ("last.pth", "best.pth"):
         path = run_dir / name
         epoch = None if path == broken else saved_epoch(path)

@@ -17,7 +17,8 @@ from images import Preprocessing, normalize
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
 from variants import image_settings
 from runtime import resolve_device
-from weights import WeightsError, checkpoint_header, is_checkpoint, load_weights, read_weights_file
+from weights import WeightsError, bare_state_dict, checkpoint_header, identify_variant, is_checkpoint, load_weights, \
+    read_weights_file, strip_wrappers
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -94,19 +95,18 @@ class TorchBackend:
 def _classifier_rows(state: Any) -> int | None:
     """How many classes a (possibly wrapped) state_dict's classifier has, if it can be seen."""
     if isinstance(state, dict):
-        state = next((state[k] for k in ("model", "state_dict") if isinstance(state.get(k), dict)), state)
-        for key, value in state.items():
+        for key, value in bare_state_dict(state).items():
             if key.endswith("classifier.1.weight") and hasattr(value, "shape"):
                 return int(value.shape[0])
     return None
 
 
-def load(weights: str | os.PathLike, model_name: str = "b0", class_indices: str | None = None,
+def load(weights: str | os.PathLike, model_name: str | None = None, class_indices: str | None = None,
          device: str | torch.device | None = None, precision: str = "float32") -> TorchBackend:
-    """From this project's checkpoint (everything inside it), a bare state_dict plus class names, or
-    "imagenet" for torchvision's ImageNet weights."""
+    """From this project's checkpoint (everything inside it), a bare state_dict plus class names (its variant
+    `model_name`, by default the one its shapes show), or "imagenet" for torchvision's ImageNet weights."""
     if str(weights).lower() == "imagenet":
-        model = create_model(model_name, pretrained=True)
+        model = create_model(model_name or "b0", pretrained=True)
         return TorchBackend(model, imagenet_class_names(), device=device, precision=precision,
                             origin=f"torchvision's ImageNet weights for efficientnet_{model.variant}")
     path = Path(weights)
@@ -122,7 +122,9 @@ def load(weights: str | os.PathLike, model_name: str = "b0", class_indices: str 
         backend = TorchBackend(model, found.names, header.image, device, precision, origin=str(path))
     else:
         found = find_class_names(path, class_indices, _classifier_rows(loaded))
-        model = create_model(model_name, num_classes=len(found.names))
+        if model_name is None and isinstance(loaded, dict):  # a torchvision B1 file needs no --model b1
+            model_name = identify_variant(strip_wrappers(bare_state_dict(loaded)))
+        model = create_model(model_name or "b0", num_classes=len(found.names))
         try:
             load_weights(model, loaded, allow_new_classifier=False, verbose=False)
         except WeightsError as error:

@@ -321,10 +321,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
                     settings: StepSettings, epoch: int, progress: bool = True,
-                    steps: TrainingSteps | None = None) -> EpochResult:
+                    steps: TrainingSteps | None = None, smallest_batch: int = 1) -> EpochResult:
     """One pass over the training data (`epoch` counts from 1, for messages); stops with NonFiniteLossError
     as soon as the loss is NaN or infinite. `steps` is the recipe's loss, batch mixing and weight average
-    (default: plain cross-entropy, as in the tutorial); accuracy counts the unmixed labels."""
+    (default: plain cross-entropy, as in the tutorial); accuracy counts the unmixed labels. A batch left with
+    fewer than `smallest_batch` images by unreadable ones is passed over (train.py: 2, as BatchNorm cannot train
+    on a single 32 px image)."""
     train_mode(model)
     steps = steps if steps is not None else TrainingSteps(nn.CrossEntropyLoss())
     loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
@@ -333,8 +335,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loa
     start = time.perf_counter()
     bar = _progress(data_loader, f"[train epoch {epoch}]", progress)
     for step, batch in enumerate(bar):
-        if not true_on_every_process(batch is not None, settings.device):  # every image was unreadable
-            continue
+        if not true_on_every_process(batch is not None and len(batch[1]) >= smallest_batch, settings.device):
+            continue  # every image was unreadable (or all but one, when one is too few)
         images, labels = settings.to_device(*batch)
         loss, logits = train_step(model, optimizer, steps.loss_function, *steps.mix(images, labels), settings)
         batch_loss = loss.item()

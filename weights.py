@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -43,7 +44,11 @@ def read_weights_file(path: str | os.PathLike, remedy: str = "re-download or re-
     unreadable = (f"{path} is not a readable PyTorch weights file (corrupt, truncated or another format")
     remedy = f"; {remedy}" if remedy else ""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a stray file can start like a pickle of another protocol: PyTorch warns in two lines before it
+            # fails, and the failure is reported below in one
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # weights_only refuses any global it does not know: name the one that would have been imported
         blocked = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line.upper()), None)
@@ -128,8 +133,8 @@ def checkpoint_header(checkpoint: Mapping[str, Any], origin: str) -> CheckpointH
         raise bad("model", "a state_dict")
     names = checkpoint.get("class_names")
     if names is not None and (not isinstance(names, list) or len(names) != num_classes
-                              or not all(isinstance(n, str) for n in names)):
-        raise bad("class_names", f"a list of {num_classes} names")
+                              or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        raise bad("class_names", f"a list of {num_classes} different names")
     image = checkpoint.get("image")
     if image is not None and not _valid_image_settings(image):
         raise bad("image", "the evaluation settings " + ", ".join(IMAGE_FIELDS) + " (sizes in pixels, "
@@ -244,6 +249,12 @@ def _read_source(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
     return "the given state_dict", source
 
 
+def bare_state_dict(loaded: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The state_dict of a loaded file that is not one of our checkpoints: other people's training scripts often
+    wrap it in {"model": ...} or {"state_dict": ...}."""
+    return next((loaded[k] for k in ("model", "state_dict") if isinstance(loaded.get(k), Mapping)), loaded)
+
+
 def _unpack(loaded: Any, origin: str, variant: str | None) -> tuple[dict[str, Tensor], float, str]:
     """(state_dict in this project's key names, BatchNorm eps it was trained with, layout name)."""
     if not isinstance(loaded, Mapping):
@@ -255,8 +266,7 @@ def _unpack(loaded: Any, origin: str, variant: str | None) -> tuple[dict[str, Te
                                f"efficientnet_{variant} (use variant {header.variant} for them)")
         state, eps, layout = loaded["model"], header.bn_eps, "checkpoint"
     else:
-        # other people's training scripts often wrap the state_dict in {"model": ...} or {"state_dict": ...}
-        state = next((loaded[k] for k in ("model", "state_dict") if isinstance(loaded.get(k), Mapping)), loaded)
+        state = bare_state_dict(loaded)
         layout = "torchvision" if is_torchvision_layout(strip_wrappers(state)) else "tutorial"
         eps = VARIANTS[variant].bn_eps if layout == "torchvision" and variant else TUTORIAL_BN_EPS
     state = strip_wrappers(state)
@@ -266,9 +276,11 @@ def _unpack(loaded: Any, origin: str, variant: str | None) -> tuple[dict[str, Te
     return state, eps, layout
 
 
-def _check_fit(model: nn.Module, state: dict[str, Tensor], origin: str, allow_new_classifier: bool) -> bool:
+def _check_fit(model: nn.Module, state: dict[str, Tensor], origin: str, allow_new_classifier: bool,
+               actual: str | None) -> bool:
     """Raise WeightsError unless `state` fits `model`; True when only the classifier's class count differs
-    (and that is allowed), so the classifier keeps its fresh initialisation."""
+    (and that is allowed), so the classifier keeps its fresh initialisation. `actual`: the variant the
+    weights' shapes show (identify_variant), if any."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -279,7 +291,7 @@ def _check_fit(model: nn.Module, state: dict[str, Tensor], origin: str, allow_ne
                            and state[CLASSIFIER_KEYS[0]].shape[1:] == expected[CLASSIFIER_KEYS[0]].shape[1:])
     if only_classes_differ and allow_new_classifier:
         return True
-    variant, actual = model.variant, identify_variant(state)
+    variant = model.variant
     if only_classes_differ and actual == variant:
         raise WeightsError(f"{origin} has {state[CLASSIFIER_KEYS[0]].shape[0]} classes but the model "
                            f"{model.num_classes}; the class names must match the weights")
@@ -312,10 +324,11 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
     """
     origin, loaded = _read_source(model, source)
     state, trained_eps, layout = _unpack(loaded, origin, model.variant)
+    actual = identify_variant(state)  # before the key names change: a mapping for another variant misses keys
     if layout == "torchvision":
         inverse = {tv: ours for ours, tv in torchvision_key_map(model).items()}
         state = {inverse.get(k, k): v for k, v in state.items()}
-    new_classifier = _check_fit(model, state, origin, allow_new_classifier)
+    new_classifier = _check_fit(model, state, origin, allow_new_classifier, actual)
     summary_classes = ""
     if new_classifier:
         summary_classes = (f"; classifier left freshly initialised: the weights have "

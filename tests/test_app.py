@@ -320,3 +320,18 @@ def test_the_app_imports_no_torch_until_a_backend_needs_it():
     code = "import sys, app; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_ctrl_c_stops_the_server_in_one_line_with_status_130(trained_run):
+    import os
+    import signal
+
+    process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--weights", str(trained_run / "best.onnx"),
+                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert process.stdout.readline().startswith("Serving ")
+    process.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: interrupted: the server has shut down"]

@@ -248,3 +248,26 @@ def test_epoch_sampler_length_is_what_it_yields():
         for rank in range(replicas):
             sampler = EpochSampler(size, True, 3, rank, replicas, pad, [1.0 + i for i in range(size)] if balanced else None)
             assert len(sampler) == len(list(sampler)), (size, replicas, pad, balanced, rank)
+
+
+def test_links_that_lead_nowhere_are_skipped_with_a_note(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    (data / "red" / "self.jpg").symlink_to("self.jpg")  # a loop: its stat fails with ELOOP
+    (data / "blue" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    (data / "loop").symlink_to("loop")  # a class folder that is a loop: not a folder, passed over
+    split = utils.read_split_data(data)
+    assert split.classes == ["blue", "green", "red"] and len(split.train_paths) + len(split.val_paths) == 9
+    err = capsys.readouterr().err
+    assert f"skipping unreadable image {data / 'red' / 'self.jpg'}: a symbolic link to self.jpg" in err
+    assert f"skipping unreadable image {data / 'blue' / 'gone.jpg'}: a symbolic link to {tmp_path / 'missing.jpg'}" \
+        in err
+
+
+@pytest.mark.parametrize("samples, batch, sizes", [(10, 3, [3, 3, 4]), (9, 3, [3, 3, 3]), (1, 3, [1]),
+                                                   (4, 1, [1, 1, 1, 1]), (8, 3, [3, 3, 2])])
+def test_a_lone_last_sample_joins_the_batch_before(samples, batch, sizes):
+    from my_dataset import LastBatchMerged
+
+    sampler = LastBatchMerged(range(samples), batch)
+    assert [len(b) for b in sampler] == sizes and len(sampler) == len(sizes)
+    assert sorted(i for b in sampler for i in b) == list(range(samples))

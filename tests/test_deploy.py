@@ -371,3 +371,33 @@ def test_export_refuses_impossible_opsets_and_folders_and_says_when_no_photo_cou
     out, err = capsys.readouterr()
     assert "on 4 synthetic images" in out
     assert err == "warning: none of the 1 --images could be read, so the check used synthetic images\n"
+
+
+# --- issue 21: export.py's output follows the rule of every output flag ----------------------------------------
+
+
+def test_export_replaces_its_own_exports_but_nothing_else_unless_told(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path / "run")
+    best = str(run / "best.pth")
+    assert export.main([best]) == 0  # best.onnx beside it, training's own export: replaced
+    foreign = run / "best.onnx"
+    foreign.write_bytes(b"an ONNX file from elsewhere")
+    fails_with([best], capsys, f"{foreign} exists and is not an export of this project; pass --overwrite",
+               program=export)
+    assert foreign.read_bytes() == b"an ONNX file from elsewhere"
+    assert export.main([best, "--overwrite"]) == 0 and onnx_backend.load(foreign).variant == "b0"
+    photo = val_images(run)[0][0]
+    (tmp_path / "photo.onnx").symlink_to(photo)
+    before = Path(photo).read_bytes()
+    fails_with([best, "--output", str(tmp_path / "photo.onnx"), "--images", photo, "--overwrite"], capsys,
+               f"would overwrite the photo {photo}", program=export)
+    assert Path(photo).read_bytes() == before
+
+
+def test_export_names_its_own_arguments_in_its_messages(trained_run, tmp_path, monkeypatch, capsys):
+    line = fails_with([str(trained_run / "best.onnx")], capsys, "is an exported model already",
+                      f"such as {trained_run / 'best.pth'}", program=export)
+    assert "--output" not in line
+    monkeypatch.chdir(tmp_path)  # no runs here
+    line = fails_with([], capsys, "no trained checkpoint found", "python export.py CHECKPOINT", program=export)
+    assert "--weights" not in line

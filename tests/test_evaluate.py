@@ -274,3 +274,64 @@ def test_output_names_of_the_wrong_kind_are_refused_before_any_photo_is_scored(t
                            (["--report", str(tmp_path / "a_folder")], "is a folder; give a file name"),
                            (["--output-dir", str(tmp_path / "a_file")], "is a file; give a folder")):
         assert_usage_error(evaluate.main, [data, *flags], capsys, message)
+
+
+# --- issue 21: outputs never replace an input, nor land where the next run reads; links that lead nowhere -------
+
+
+def test_outputs_in_the_photo_folders_or_over_the_weights_are_refused_before_scoring(trained_run, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    photo = data / "red" / "000.jpg"
+    before = photo.read_bytes()
+    weights = ["--weights", str(trained_run / "best.pth")]
+    for flags, message in ((["--json", str(photo), "--overwrite"], f"--json {photo} lies in the folder of class "
+                                                                   f"folders {data}"),
+                           (["--output-dir", str(data / "red" / "results")], "lies in the folder of class folders"),
+                           (["--report", str(trained_run / "best.pth"), "--overwrite"],
+                            f"would overwrite the checkpoint {trained_run / 'best.pth'}"),
+                           (["--json", str(tmp_path / "x.json"), "--report", str(tmp_path / "x.json")],
+                            "is the file --json names too")):
+        assert_usage_error(evaluate.main, [str(data), *weights, *flags], capsys, message)
+    assert photo.read_bytes() == before and not (data / "red" / "results").exists()
+
+
+def test_outputs_replace_their_own_files_and_others_only_with_overwrite(trained_run, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    argv = [str(data), "--weights", str(trained_run / "best.pth"), "--output-dir", str(tmp_path / "out"),
+            "--json", str(tmp_path / "scores.json"), "--report", str(tmp_path / "report.html")]
+    for _ in range(2):  # the second run replaces what the first one wrote
+        assert evaluate.main(argv) == 0
+    (tmp_path / "notes.json").write_text('{"mine": true}\n')
+    (tmp_path / "out" / "per_class.csv").write_text("my,table\n")
+    assert_usage_error(evaluate.main, argv, capsys, "per_class.csv exists and is not a per_class.csv of this project")
+    argv[argv.index("--json") + 1] = str(tmp_path / "notes.json")
+    assert_usage_error(evaluate.main, [*argv, "--output-dir", str(tmp_path / "out2")], capsys,
+                       "notes.json exists and is not a JSON file of evaluate.py; pass --overwrite")
+    assert (tmp_path / "notes.json").read_text() == '{"mine": true}\n'
+    assert evaluate.main([*argv, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "notes.json").read_text())["generator"] == "efficientnet-tutorial evaluate.py"
+
+
+def test_test_folders_of_the_same_name_keep_their_own_default_results(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for parent, per_class in (("A", 2), ("B", 3)):
+        make_class_folders(tmp_path / parent / "test", per_class=per_class)
+    weights = ["--weights", str(trained_run / "best.pth")]
+    for parent in ("A", "B", "A"):
+        assert evaluate.main([f"{parent}/test", *weights]) == 0
+    assert len(read_csv(tmp_path / "evaluations" / "test" / "predictions.csv")) == 6
+    assert len(read_csv(tmp_path / "evaluations" / "test-2" / "predictions.csv")) == 9
+    assert "evaluations/" in (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+
+
+def test_links_that_lead_nowhere_are_reported_and_the_rest_scored(trained_run, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    (data / "red" / "self.jpg").symlink_to("self.jpg")  # a loop: stat fails with ELOOP
+    (data / "blue" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    assert evaluate.main([str(data), "--weights", str(trained_run / "best.pth"), "--output-dir",
+                          str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "left out 2 unreadable photos" in captured.out
+    assert f"unreadable photo left out: {data / 'red' / 'self.jpg'}" in captured.err
+    assert f"unreadable photo left out: {data / 'blue' / 'gone.jpg'}" in captured.err
+    assert len(read_csv(tmp_path / "out" / "predictions.csv")) == 6

@@ -1,8 +1,10 @@
 """What a careless or hostile user does to predict.py (issue 15, part B): --save onto a link of a photo or onto
 someone else's file, file names that are not UTF-8, class names from nowhere in particular, --show without
 a display, impossible devices, --class-indices with a named checkpoint, our own figures in a photo folder,
-and Ctrl-C."""
+and Ctrl-C; and (issue 21) --csv onto a photo or the weights, a newline in a file name, huge JPEGs, class
+names that repeat, and a torchvision state_dict of another variant."""
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -236,7 +238,7 @@ def test_our_figures_in_a_photo_folder_are_not_taken_for_photos(trained_run, pho
     assert lines(err, "note:") == [f"note: {folder}: passed over 4 figures that predict.py saved there"]
     assert predict.main([f"{folder}/*.png", *weights(trained_run), "--json"]) == 0  # globs alike
     assert len(capsys.readouterr().out.splitlines()) == 1
-    named = str(photo.with_name("000_rose_pred.png"))
+    named = str(photo.with_name("rose_pred.png"))  # a folder gets <photo>_pred.png figures
     assert predict.main([named, *weights(trained_run), "--json"]) == 0  # a figure named by itself is taken
     assert json.loads(capsys.readouterr().out)["image"] == named
     for path in photo.parent.glob("*.jpg"):
@@ -294,3 +296,96 @@ def test_ctrl_c_waits_until_a_result_is_in_every_output():
                 os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# --- issue 21: --csv follows the rule of --save; what a file name or a file may hold ------------------------------
+
+
+def checksums(*paths: Path) -> list[str]:
+    return [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+
+
+def test_csv_never_replaces_a_photo_taken_for_a_switch_or_named_twice(trained_run, photo, capsys):
+    other = photo.with_name("tulip.jpg")
+    shutil.copy(photo, other)
+    before = checksums(photo, other)
+    # `--csv a.jpg b.jpg`: --csv taken for a switch, so a.jpg is the table and b.jpg the one photo
+    assert_usage_error(predict.main, [*weights(trained_run), "--csv", str(photo), str(other)], capsys,
+                       f"{photo} exists and is not a CSV table of predict.py", "--overwrite",
+                       "--csv takes the name of the table to write")
+    for extra in ([], ["--overwrite"]):  # `a.jpg --csv a.jpg`: an input, never replaced
+        assert_usage_error(predict.main, [str(photo), *weights(trained_run), "--csv", str(photo), *extra], capsys,
+                           f"--csv {photo} would overwrite the photo {photo}")
+    assert checksums(photo, other) == before
+
+
+def test_csv_never_replaces_the_weights_or_class_names(trained_run, photo, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (tmp_path / "link.csv").symlink_to(run / "best.pth")
+    before = checksums(run / "best.pth", run / "best.onnx", run / "class_indices.json")
+    for target, what in ((run / "best.pth", "the checkpoint"), (tmp_path / "link.csv", "the checkpoint"),
+                         (run / "best.onnx", "the exported model"), (run / "class_indices.json", "the class names")):
+        assert_usage_error(predict.main, [str(photo), "--weights", str(run / "best.pth"), "--csv", str(target),
+                                          "--overwrite"], capsys, f"--csv {target} would overwrite {what}")
+    assert checksums(run / "best.pth", run / "best.onnx", run / "class_indices.json") == before
+
+
+def test_csv_replaces_its_own_tables_and_other_files_only_with_overwrite(trained_run, photo, tmp_path, capsys):
+    table, notes = tmp_path / "results.csv", tmp_path / "notes.csv"
+    notes.write_text("my,own\nnotes,here\n")
+    for _ in range(2):  # the second run replaces the first one's table
+        assert predict.main([str(photo), *weights(trained_run), "--csv", str(table)]) == 0
+    assert table.read_text().startswith("image,class_1,probability_1,")
+    assert_usage_error(predict.main, [str(photo), *weights(trained_run), "--csv", str(notes)], capsys,
+                       f"{notes} exists and is not a CSV table of predict.py; pass --overwrite")
+    assert notes.read_text() == "my,own\nnotes,here\n"
+    assert predict.main([str(photo), *weights(trained_run), "--csv", str(notes), "--overwrite"]) == 0
+    assert notes.read_text().startswith("image,")
+    assert_usage_error(predict.main, [str(photo.parent), *weights(trained_run), "--csv", str(photo.parent / "t.png")],
+                       capsys, "lies in the photo folder")  # the next run would read it as a photo
+
+
+def test_a_newline_in_a_file_name_stays_on_its_line(trained_run, photo, capsys):
+    named = photo.with_name("two\nlines.jpg")
+    photo.rename(named)
+    assert predict.main([str(named), *weights(trained_run), "--top-k", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(named).replace("\n", "\\n") and all(line.startswith("  ") for line in out[1:])
+    assert predict.main([str(named), *weights(trained_run), "--json"]) == 0  # JSON has its own escapes
+    assert json.loads(capsys.readouterr().out)["image"] == str(named)
+
+
+def test_a_folder_gets_photo_pred_png_figures(trained_run, photo, tmp_path):
+    shutil.copy(photo, photo.with_name("tulip.jpg"))
+    assert predict.main([str(photo), str(photo.with_name("tulip.jpg")), *weights(trained_run),
+                         "--save", str(tmp_path / "figs") + "/"]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["rose_pred.png", "tulip_pred.png"]
+
+
+def test_a_jpeg_far_over_the_pixel_limit_is_decoded_reduced_others_refused(trained_run, photo, monkeypatch, capsys):
+    Image.new("RGB", (600, 400), "red").save(photo)
+    Image.new("RGB", (600, 400), "red").save(photo.with_suffix(".png"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 240,000 pixels: more than twice over, Pillow refuses
+    assert predict.main([str(photo), *weights(trained_run), "--backend", "torch"]) == 0  # decoded at 1/8
+    assert predict.main([str(photo.with_suffix(".png")), *weights(trained_run), "--backend", "torch"]) == 1
+    assert lines(capsys.readouterr().err, "error:") == [
+        f"error: {photo.with_suffix('.png')}: DecompressionBombError: 240,000 pixels, over the limit of 10,000 "
+        f"(PIL.Image.MAX_IMAGE_PIXELS); scale it down first"]
+
+
+def test_class_names_must_differ(trained_run, photo, tmp_path, capsys):
+    (tmp_path / "same.json").write_text(json.dumps({str(i): "rose" for i in range(3)}))
+    names = ["--class-indices", str(tmp_path / "same.json")]
+    assert_usage_error(predict.main, [str(photo), *weights(trained_run), *names], capsys,
+                       "names two classes 'rose' (0 and 1)")
+
+
+def test_a_torchvision_state_dict_of_another_variant_needs_no_model_flag(photo, tmp_path, capsys):
+    import torchvision
+
+    torch.save(torchvision.models.efficientnet_b1().state_dict(), tmp_path / "b1.pth")
+    assert predict.main([str(photo), "--weights", str(tmp_path / "b1.pth"), "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.startswith(str(photo))
+    assert_usage_error(predict.main, [str(photo), "--weights", str(tmp_path / "b1.pth"), "--model", "b0"], capsys,
+                       "holds efficientnet_b1 weights but the model is efficientnet_b0 (use variant b1")

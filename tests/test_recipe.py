@@ -15,6 +15,7 @@ import model as M
 import recipe
 import train
 import utils
+from cli import UsageError
 from conftest import train_args
 from distributed import Distributed
 from imagegen import make_class_folders
@@ -63,6 +64,18 @@ def test_flags_given_explicitly_win_over_the_preset():
     assert args.warmup_epochs == recipe.PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
     assert args.weight_decay == 1e-4  # the default of the optimizer that was chosen
     assert resolved("--recipe", "modern", "--opt", "adamw").lr == recipe.PRESETS["modern"]["lr"]
+
+
+def test_a_presets_warm_up_shortens_to_fit_a_short_run(capsys):
+    for epochs, warmup in (("1", 0), ("2", 1), ("3", 2)):
+        args = resolved("--recipe", "modern", "--epochs", epochs)
+        train.check_args(args)  # accepted: the user never asked for 2 warm-up epochs
+        assert args.warmup_epochs == warmup
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --recipe modern warms up over 2 epochs; with --epochs 1 the warm-up is 0 epochs",
+                     "note: --recipe modern warms up over 2 epochs; with --epochs 2 the warm-up is 1 epoch"]
+    with pytest.raises(UsageError, match="--warmup-epochs 2: use 0 or more, fewer than --epochs 1"):
+        train.check_args(resolved("--recipe", "modern", "--epochs", "1", "--warmup-epochs", "2"))  # asked for
 
 
 def test_adamw_gets_its_own_learning_rate_and_weight_decay_unless_given():
@@ -389,6 +402,9 @@ def test_best_metric_picks_the_epoch_best_pth_holds(metric, best_epoch, tmp_path
     (["--drop-path", "1"], "--drop-path 1.0"),
     (["--early-stopping", "0"], "--early-stopping 0"),
     (["--weight-decay", "-1"], "--weight-decay -1.0"),
+    (["--weight-decay", "inf"], "--weight-decay inf"),
+    (["--mixup-alpha", "nan"], "--mixup-alpha nan"),
+    (["--cutmix-alpha", "inf"], "--cutmix-alpha inf"),
     (["--class-weights", "auto", "--balanced-sampling"], "use one of them"),
 ])
 def test_impossible_recipes_are_refused_before_any_download(flags, fragment, tmp_path, capsys, monkeypatch,

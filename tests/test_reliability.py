@@ -455,3 +455,27 @@ def test_failed_atomic_writes_name_the_users_file_not_the_temporary_one(tmp_path
     with pytest.raises(FileNotFoundError) as raised:
         files.write_text(tmp_path / "report.html", "x")
     assert raised.value.filename == str(tmp_path / "report.html")
+
+
+# --- issue 21: a file of random bytes given as a checkpoint ------------------------------------------------------
+
+
+def test_a_random_bytes_checkpoint_is_one_line_everywhere_without_pytorchs_warning(tmp_path, capsys):
+    import app
+    import export
+    import warnings
+
+    stray = tmp_path / "downloads" / "last.pth"
+    stray.parent.mkdir()
+    stray.write_bytes(b"\x80\x05" + bytes(range(256)) * 20)  # starts like a pickle of protocol 5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(W.WeightsError, match="not a readable PyTorch weights file"):
+            W.read_weights_file(stray)
+    assert [str(warning.message) for warning in caught] == []  # PyTorch's two lines before our one
+    line = fails_with(train.main, ["--resume", str(stray.parent)], capsys, "not a readable PyTorch weights file",
+                      f"{stray.parent} is not a run folder of train.py", "--resume takes a run folder")
+    assert "start it again" not in line  # no run of which an epoch could have been saved
+    for main, argv in ((predict.main, ["x.jpg", "--weights", str(stray)]), (export.main, [str(stray)]),
+                       (app.main, ["--weights", str(stray), "--port", "0"])):
+        fails_with(main, argv, capsys, f"{stray} is not a readable PyTorch weights file")

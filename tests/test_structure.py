@@ -59,3 +59,11 @@ def test_the_inference_core_imports_no_torch():
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_programs_import_pytorch_and_fastapi_only_once_their_flags_are_read():
+    """A Ctrl-C during those seconds of importing is then one line (the programs guard them), and so is a wrong flag."""
+    code = ("import sys, train, export, app, predict, evaluate; heavy = ('torch', 'torchvision', 'fastapi', 'uvicorn', "
+            "'matplotlib'); print(sorted(m for m in heavy if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -22,9 +22,11 @@ import runtime
 import variants
 import weights as W
 import predict
+import recipe
 import train
 import utils
 from conftest import train_args
+from distributed import Distributed
 from download import sha256_of
 from imagegen import make_class_folders
 from my_dataset import EvalTransform, MyDataSet
@@ -264,7 +266,9 @@ def test_resume_needs_a_training_checkpoint_with_its_split(tmp_path, capsys, tra
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "0"), ("--lr", "0"), ("--lrf", "2"),
-                                         ("--val-rate", "1"), ("--workers", "-1"), ("--image-size", "16")])
+                                         ("--val-rate", "1"), ("--workers", "-1"), ("--image-size", "16"),
+                                         ("--image-size", "100000"), ("--lr", "inf"), ("--lr", "nan"),
+                                         ("--name", "../../escape"), ("--name", "..")])
 def test_impossible_settings_are_refused_before_any_download(flag, value, tmp_path, capsys, monkeypatch,
                                                                 closed_port_url):
     monkeypatch.chdir(tmp_path)  # the default data folder is missing: a late check would try to download first
@@ -307,7 +311,9 @@ def test_an_explicit_gpu_index_is_refused_under_torchrun():
 def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     (tmp_path / "a_file").write_text("not a folder")
-    _fails_with(train_args(data, tmp_path / "a_file"), capsys, "cannot create the run folder", "--output-dir")
+    _fails_with(train_args(data, tmp_path / "a_file"), capsys, f"--output-dir {tmp_path / 'a_file'} is a file")
+    _fails_with(train_args(data, data / "runs"), capsys, f"--output-dir {data / 'runs'} lies in the data folder")
+    assert not (data / "runs").exists()  # the next run would have taken it for a class
 
 
 def test_flags_default_to_the_tutorial_recipe():
@@ -485,3 +491,70 @@ def test_archives_that_escape_the_target_are_refused(tmp_path, members, links):
     with pytest.raises(cli.UsageError, match="refusing the archive"):
         flower_photos.extract_tar_safely(archive, tmp_path / "out" / "data")
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out" / "data").exists()
+
+
+# --- issue 21: data that goes away, a lone last image, Ctrl-C while PyTorch loads, a head on a random backbone ----
+
+
+def test_an_epoch_whose_images_are_gone_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=5)
+    real_evaluate = utils.evaluate
+
+    def evaluate_then_unmount(*args, **kwargs):  # the data folder disappears after epoch 1
+        result = real_evaluate(*args, **kwargs)
+        if data.exists():
+            data.rename(tmp_path / "moved")
+        return result
+
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_unmount)
+    run = tmp_path / "runs" / "gone"
+    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "3", "--name", "gone")) == 1
+    out, err = capsys.readouterr()
+    error, = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and error.startswith("error: epoch 2: only 0 of 12 training images could be read")
+    assert f"{data} is gone" in error and f"python train.py --resume {run}" in error and "--data-path" in error
+    assert "epoch 2/3" not in out and [row["epoch"] for row in read_metrics(run)] == ["1"]
+    assert load(run / "last.pth")["epoch"] == 1  # resumable from the last good epoch
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    assert train.main(["--resume", str(run), "--data-path", str(tmp_path / "moved"), "--progress", "false"]) == 0
+
+
+def test_an_epoch_that_read_no_image_is_never_the_best():
+    run = type("Run", (), {})()
+    run.args = train.build_parser().parse_args(["--weights", "none"])
+    run.progress, run.folder = train.Progress(), type("Folder", (), {"writes": False})()
+    run.split, run.ddp = utils.DataSplit("data", ["a", "b"], ["x"] * 2, [0, 1]), Distributed()
+    empty = utils.EpochResult(0.0, 0.0, 0, 1.0, torch.zeros(2, 2, dtype=torch.int64))
+    train.end_of_epoch(run, 1, 0.01, empty, empty)
+    assert run.progress.best_epoch == -1
+
+
+def test_a_last_training_batch_of_one_image_at_32_px_trains(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=6)  # 15 training images: batches of 7, 7 and 1
+    assert train.main(train_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "7", "--epochs", "1",
+                                 "--name", "lone")) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    _fails_with(train_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "1"), capsys,
+                "--batch-size 1 at --image-size 32")
+
+
+def test_ctrl_c_while_pytorch_is_imported_is_one_line_and_exit_130(tmp_path):
+    code = ("import runpy, sys\n"
+            "class CtrlC:  # Ctrl-C arrives while `import torch` runs\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, CtrlC())\n"
+            f"sys.argv = ['train.py', '--data-path', {str(tmp_path)!r}]\n"
+            f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 130 and result.stdout == ""
+    assert result.stderr == "error: interrupted while starting; nothing was trained, so there is nothing to resume\n"
+
+
+def test_frozen_layers_on_a_random_backbone_are_warned_about(capsys):
+    args = train.build_parser().parse_args(["--weights", "none", "--freeze-layers", "true"])
+    train.build_model(recipe.fill_defaults(args), 3, None, Distributed())
+    warning, = capsys.readouterr().err.splitlines()
+    assert warning.startswith("warning: --freeze-layers true with --weights none trains only the head")

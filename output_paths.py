@@ -1,0 +1,198 @@
+"""Where an output flag may write: the one rule behind every program's --csv, --json, --report, --output,
+--output-dir, --save and --cam-dir, checked before any work starts (before a model loads, before training).
+
+1. Never over an input of the same run, not even with --overwrite: a photo, a checkpoint, an export, a class
+   file. Files are compared as files (device and inode, links followed), so a hard or symbolic link or
+   another spelling of the path is recognised. Nor inside a folder the run scans for its inputs (train.py's
+   data, evaluate.py's class folders; predict.py's folders, for names it would read as photos): the output
+   would become an input of the next run.
+2. Never over an existing file the program did not write itself, unless --overwrite is given. What the
+   programs write says so where it is cheap to read: figures in a PNG text chunk or JPEG comment, CSV
+   tables by their fixed header, JSON files in a "generator" field, HTML pages in a generator meta tag, ONNX
+   and OpenVINO exports in their metadata. A format without room for a mark (a PDF figure) is replaced only
+   with --overwrite.
+3. A file where a file goes, a folder where a folder goes.
+
+The modules that write a format give its mark (OutputKind); nothing here imports a program, PyTorch or
+matplotlib.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from cli import UsageError
+
+SIGNATURE = "efficientnet-tutorial"  # in every mark below: what says "this project wrote the file"
+HTML_GENERATOR_TAG = f'<meta name="generator" content="{SIGNATURE}">'
+
+Identity = tuple[int, int]
+Recogniser = Callable[[str], bool]
+
+
+def file_identity(path: str | os.PathLike) -> Identity | None:
+    """(device, inode) of the file at `path`, links followed, or None where there is none: every name of one
+    file (a hard link, a symbolic link, another spelling of the path) has the same."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def generator_field(program: str) -> dict[str, str]:
+    """The first field of the JSON files `program` writes: its mark."""
+    return {"generator": f"{SIGNATURE} {program}"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recognising a file the programs wrote
+
+
+def _read_end(path: str, size: int, from_end: bool) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            if from_end:
+                file.seek(max(0, os.fstat(file.fileno()).st_size - size))
+            return file.read(size)
+    except (OSError, ValueError):
+        return b""
+
+
+def marked_at_start(marker: str, size: int = 4096) -> Recogniser:
+    """A file with `marker` in its first `size` bytes (a PNG text chunk, a JSON field, an HTML meta tag)."""
+    return lambda path: marker.encode() in _read_end(path, size, from_end=False)
+
+
+def marked_at_end(marker: str, size: int = 2**20) -> Recogniser:
+    """A file with `marker` in its last `size` bytes: where ONNX and OpenVINO keep their metadata."""
+    return lambda path: marker.encode() in _read_end(path, size, from_end=True)
+
+
+def header_matches(pattern: str) -> Recogniser:
+    """A text file whose first line is all of `pattern` (a regular expression): a CSV table's fixed header."""
+    def recognise(path: str) -> bool:
+        first = _read_end(path, 4096, from_end=False).split(b"\n", 1)[0].rstrip(b"\r")
+        return re.fullmatch(pattern.encode(), first) is not None
+    return recognise
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a program writes under one flag, and how it tells a file it wrote before from anyone else's."""
+
+    description: str  # "a CSV table of predict.py"
+    recognise: Recogniser | None  # None: the format has no room for a mark
+    unmarked_note: str = ""  # with `recognise` None: which of its formats do carry the mark
+    scans_pass_over: bool = False  # the folder scans leave such files out (predict.py's marked figures)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a run reads
+
+
+def _everything(relative: str) -> bool:
+    return True
+
+
+@dataclass
+class RunInputs:
+    """The files a run reads (by identity) and the folders it scans, each with which names in it it reads."""
+
+    files: dict[Identity, tuple[str, str]] = field(default_factory=dict)  # identity -> (what, path)
+    folders: dict[Identity, tuple[str, str, Callable[[str], bool]]] = field(default_factory=dict)
+
+    def add_file(self, path: str | os.PathLike | None, what: str) -> None:
+        """`what` names the kind of input, as in 'the photo'; a path that does not exist is left out."""
+        identity = file_identity(path) if path else None
+        if identity is not None and os.path.isfile(path):
+            self.files.setdefault(identity, (what, os.fspath(path)))
+
+    def add_folder(self, path: str | os.PathLike, what: str, reads: Callable[[str], bool] = _everything) -> None:
+        """A folder the run scans; `reads` says whether a path inside it (relative to it) would be read."""
+        identity = file_identity(path)
+        if identity is not None and os.path.isdir(path):
+            self.folders.setdefault(identity, (what, os.fspath(path), reads))
+
+    def input_at(self, path: str) -> str | None:
+        """The input file that `path` names, in words ('the photo a.jpg (b.jpg is another name of it)'), or None."""
+        identity = file_identity(path)
+        if identity not in self.files or not os.path.isfile(path):
+            return None
+        what, name = self.files[identity]
+        return f"{what} {name}" + (f" ({path} is another name of it)" if name != path else "")
+
+    def scanned_folder_at(self, path: str) -> str | None:
+        """Where `path` is among the scanned folders, in words ('lies in the data folder photos'), when it is one
+        of them or lies in one where the scan would read it; else None."""
+        real = Path(os.path.realpath(path))
+        for folder in (real, *real.parents):
+            found = self.folders.get(file_identity(folder)) if folder.is_dir() else None
+            if found and found[2](os.path.relpath(real, folder)):
+                what, name, _ = found
+                return f"{'is' if folder == real else 'lies in'} {what} {name}"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The checks
+
+
+def _check_place(flag: str, path: str) -> None:
+    """The nearest existing folder above `path` must be a folder, not a file."""
+    above = Path(os.path.abspath(path)).parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise UsageError(f"{flag} {path}: {above} is a file, not a folder; choose another {flag}")
+
+
+def _check_outside_scans(flag: str, path: str, inputs: RunInputs) -> None:
+    scanned = inputs.scanned_folder_at(path)
+    if scanned:
+        raise UsageError(f"{flag} {path} {scanned}, which this run reads its inputs from (and the next run would "
+                         f"read what is written there); choose a place outside it")
+
+
+def check_file_target(flag: str, path: str, inputs: RunInputs, kind: OutputKind, overwrite: bool) -> None:
+    """UsageError unless the file `path`, named by `flag` (or made from what it names), may be written."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    _check_place(flag, path)
+    read = inputs.input_at(path)
+    if read:
+        raise UsageError(f"{flag} {path} would overwrite {read}; an input is never replaced, not even with "
+                         f"--overwrite: choose another {flag}")
+    if not kind.scans_pass_over:
+        _check_outside_scans(flag, path, inputs)
+    if overwrite or not os.path.lexists(path):
+        return
+    if kind.recognise is None:
+        note = f" {kind.unmarked_note}" if kind.unmarked_note else ""
+        raise UsageError(f"{path} exists and may not be {kind.description}{note}; pass --overwrite to replace it, "
+                         f"or choose another {flag}")
+    if not kind.recognise(path):
+        raise UsageError(f"{path} exists and is not {kind.description}; pass --overwrite to replace it, or "
+                         f"choose another {flag}")
+
+
+def check_folder_target(flag: str, path: str, inputs: RunInputs, contents: Mapping[str, OutputKind],
+                        overwrite: bool) -> None:
+    """UsageError unless the folder `path` (created if missing) may receive the files named in `contents`."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file; give a folder (it is created if missing)")
+    _check_place(flag, path)
+    _check_outside_scans(flag, path, inputs)
+    for name, kind in contents.items():
+        check_file_target(flag, os.path.join(path, name), inputs, kind, overwrite)
+
+
+def check_distinct(targets: Iterable[tuple[str, str]]) -> None:
+    """UsageError when two output flags name the same file: the second would replace the first."""
+    seen: dict[str, str] = {}
+    for flag, path in targets:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UsageError(f"{flag} {path} is the file {seen[key]} names too; give each output its own name")
+        seen[key] = flag
