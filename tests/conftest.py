@@ -80,9 +80,9 @@ def closed_port_url() -> str:
 
 
 def train_args(data: Path, runs: Path, *extra: str) -> list[str]:
-    """train.py arguments for a fast CPU run from scratch on generated images (64 px, batch 4)."""
+    """train.py arguments for a fast CPU run from scratch on generated images (48 px, batch 8)."""
     return ["--data-path", str(data), "--output-dir", str(runs), "--weights", "none", "--freeze-layers", "false",
-            "--image-size", "64", "--batch-size", "4", "--lr", "0.01", "--workers", "0", "--progress", "false",
+            "--image-size", "48", "--batch-size", "8", "--lr", "0.01", "--workers", "0", "--progress", "false",
             *extra]
 
 

@@ -83,7 +83,9 @@ def torchrun_patched(tmp_path: Path, patch: str, epochs: int) -> subprocess.Comp
     data = make_class_folders(tmp_path / "data", per_class=6)
     wrapper = tmp_path / "patched_train.py"
     wrapper.write_text(f"import os, sys, train, utils\n{patch}\nsys.exit(train.main())\n")
-    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs)), script=str(wrapper), timeout=240)
+    # batches of 4: each process gets two steps per epoch, so one missing batch leaves the other
+    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", "4"),
+                    script=str(wrapper), timeout=240)
 
 
 def test_a_failure_on_one_rank_stops_every_rank(tmp_path):

@@ -225,7 +225,7 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_best_pth_holds(ema_ru
     changed = [key for key, value in best["model"].items()
                if value.is_floating_point() and not torch.equal(value, best["trained_model"][key])]
     assert len(changed) > 100
-    assert last["ema_updates"] == 3 * math.ceil(18 / 4)  # one per optimizer step: 5 steps x 3 epochs
+    assert last["ema_updates"] == 3 * math.ceil(18 / 8)  # one per optimizer step: 3 steps x 3 epochs
     # validation scored the averaged weights: evaluating a checkpoint's "model" gives the recorded loss, its
     # "trained_model" another one
     split = json.loads((ema_run / "split.json").read_text())

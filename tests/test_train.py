@@ -194,7 +194,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         def forward(self, logits, labels):
             calls["n"] += 1
             loss = super().forward(logits, labels)
-            return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1: 6 steps, 2 val batches
+            return loss * float("nan") if calls["n"] > 4 else loss  # epoch 1: 3 steps, 1 val batch
 
     monkeypatch.setattr(utils.nn, "CrossEntropyLoss", FailingLoss)
     data = make_class_folders(tmp_path / "data", per_class=10)
