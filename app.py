@@ -7,7 +7,7 @@
 GET / is the page: drop photos on it, see their top classes, ask for a Grad-CAM map. POST /predict and
 POST /gradcam take photos as multipart field `file`; GET /model describes the model; GET /health answers 200
 while the server can classify; /docs and /openapi.json are FastAPI's API documentation. Uploads are decoded
-in a pool of threads and scored in batches by the one thread that owns the model (batching.py), so the
+in a pool of threads and scored in batches by the one thread that owns the model (batch_worker.py), so the
 event loop never waits for either. Errors come back as JSON {"error": "..."} with a 4xx status. The server
 itself is web_service.py; FastAPI and uvicorn are imported once the flags are read and the model is open.
 """
@@ -18,8 +18,8 @@ import socket
 import sys
 from typing import Any
 
-from cli import UsageError, report
-from inference import add_model_flags, classifier_from_flags, newest_checkpoint
+from effnet.command_line import UsageError, report
+from effnet.inference.classifier import add_model_flags, classifier_from_flags, newest_checkpoint
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MiB = 2**20
@@ -76,12 +76,8 @@ def serve(args: argparse.Namespace, sock: socket.socket, classifier: Any) -> Non
     """Serve `classifier` on the bound socket until Ctrl-C or SIGTERM."""
     import uvicorn
 
-    from web_service import Limits, Service, create_app
+    from effnet.inference.web_service import Limits, Service, create_app
 
-    if classifier.backend.name == "torch":
-        from runtime import keep_freed_memory_for_reuse
-
-        keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
     limits = Limits(int(args.max_upload_mb * MiB), args.max_files, args.top_k)
     open_torch = functools.partial(classifier_from_flags, args, backend="torch")  # for Grad-CAM, on first use
     service = Service(classifier, open_torch, limits, args.max_batch, args.batch_wait_ms / 1000)
@@ -119,7 +115,7 @@ def __getattr__(name: str) -> Any:
     here."""
     if name.startswith("__"):  # what tools probe modules for: no reason to import FastAPI
         raise AttributeError(name)
-    import web_service
+    from effnet.inference import web_service
 
     return getattr(web_service, name)
 

@@ -17,14 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-from cli import UsageError, one_line, report
-from evaluation import DEFAULT_TOP_K, RESULT_FILES, Evaluation, describe, evaluate_images, write_files
-from files import write_json
-from image_folders import ClassFolders, presplit_folders, scan_class_folders
-from images import IMAGE_EXTENSIONS
-from inference import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
+from effnet.command_line import UsageError, one_line, report
+from effnet.reports.scoring import DEFAULT_TOP_K, RESULT_FILES, Evaluation, describe, evaluate_images, write_files
+from effnet.atomic_files import write_json
+from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders
+from effnet.data.images import IMAGE_EXTENSIONS
+from effnet.inference.classifier import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
     weights_or_newest
-from output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
+from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
     generator_field, marked_at_start
 
 PROGRAM = "evaluate.py"
@@ -110,7 +110,7 @@ def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: 
                                "predictions": str(written[0]), **evaluation.scores(args.top_k)})
         written.append(Path(args.json))
     if args.report:
-        import html_report
+        from effnet.reports import report_page
 
         preprocessing = classifier.preprocessing
         settings = {"evaluated": f"{weights} on {args.directory}", "backend": classifier.backend.name,
@@ -120,7 +120,7 @@ def write_outputs(evaluation: Evaluation, args: argparse.Namespace, classifier: 
                                      f"{preprocessing.interpolation}",
                     "per photo": str(written[0])}
         title = f"Evaluation on {Path(os.path.abspath(args.directory)).name}"
-        written.append(html_report.write_evaluation_report(args.report, title, settings, evaluation, args.top_k,
+        written.append(report_page.write_evaluation_report(args.report, title, settings, evaluation, args.top_k,
                                                            written[2], classifier))
     return written
 
@@ -149,7 +149,7 @@ def default_output_dir(directory: str) -> str:
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before the model loads, outputs that would replace an input or a file evaluate.py did not write,
     that lie in DIR (the next run would score them), or that are the wrong kind of thing."""
-    from html_report import REPORT_OUTPUT
+    from effnet.reports.report_page import REPORT_OUTPUT
 
     args.weights = weights_or_newest(args.weights)
     inputs = RunInputs()

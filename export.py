@@ -18,12 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-from cli import UsageError, report
-from images import images_under, is_image_name
-from inference import model_files, newest_checkpoint
-from onnx_backend import EXPORT_FORMAT, EXPORTED_SUFFIXES, FORMATS, OPSET, default_output
-from output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
-from variants import variant_name
+from effnet.command_line import UsageError, report
+from effnet.data.images import images_under, is_image_name
+from effnet.inference.classifier import model_files, newest_checkpoint
+from effnet.inference.exported_backends import EXPORT_FORMAT, EXPORTED_SUFFIXES, FORMATS, OPSET, default_output
+from effnet.output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
+from effnet.variants import variant_name
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
 MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
@@ -129,7 +129,7 @@ def export(args: argparse.Namespace) -> int:
     photos = check_photos(list(args.images))
     if args.images and not photos:
         raise UsageError(f"--images {' '.join(args.images)}: no image files there")
-    from onnx_export import export_checkpoint  # PyTorch: seconds to import
+    from effnet.inference.onnx_conversion import export_checkpoint  # PyTorch: seconds to import
 
     output, check = export_checkpoint(weights, output, args.model and variant_name(args.model), args.class_indices,
                                       photos, args.format, args.opset)

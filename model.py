@@ -3,7 +3,7 @@
 The state_dict keys follow the tutorial's layout (``features.stem_conv``, ``features.1a.block.dwconv``,
 ``features.top``, ``classifier.1``) so its checkpoints load unchanged; the arithmetic is torchvision's, so
 with the same weights both give the same outputs. This file holds the network and its factories; the
-numbers of B0 ... B7 live in variants.py and the reading of weight files in weights.py.
+numbers of B0 ... B7 live in variants.py and the reading of weight files in pretrained.py.
 """
 import contextlib
 import functools
@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 # Re-exported so that `from model import VARIANTS, MEAN, load_weights, _make_divisible` keeps working.
-from variants import BASELINE_STAGES, MEAN, STD, VARIANTS, _make_divisible, head_channels, stage_repeats, \
+from effnet.variants import BASELINE_STAGES, MEAN, STD, VARIANTS, _make_divisible, head_channels, stage_repeats, \
     variant_name  # noqa: F401
-from weights import WeightsError, checkpoint_header, is_checkpoint, load_weights, read_weights_file  # noqa: F401
+from effnet.pretrained import WeightsError, checkpoint_header, is_checkpoint, load_weights, read_weights_file  # noqa: F401
 
 
 class _BatchNormSiLU(torch.autograd.Function):
@@ -62,7 +62,7 @@ class ConvBNActivation(nn.Sequential):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False),
             norm_layer(out_channels),
-            # in place: the same gradients, one allocation and memory pass fewer (measured in benchmark.py)
+            # in place: the same gradients, one allocation and memory pass fewer (measured in benchmarks/speed.py)
             nn.SiLU(inplace=True) if activation else nn.Identity(),
         )
 

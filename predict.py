@@ -26,18 +26,16 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-import figures
-from cli import UsageError, one_line, printable, report
-from images import images_under, is_image_name
+from effnet.reports import figures
+from effnet.command_line import UsageError, one_line, printable, report
+from effnet.data.images import images_under, is_image_name
 # Re-exported for notebooks and scripts written against earlier versions of this file.
-from inference import (DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
+from effnet.inference.classifier import (Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
                        add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
                        weights_or_newest)
-from output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
+from effnet.model_choices import PRECISIONS, RUNS_DIR as DEFAULT_RUNS_DIR  # noqa: F401 (re-exported)
+from effnet.output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
                           header_matches)
-
-PRECISIONS = ("float32", "bfloat16")
-
 
 def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
     """Files, folders (searched recursively for images) and globs, in order, as paths; an argument that
@@ -311,12 +309,7 @@ def check_outputs(args: argparse.Namespace) -> RunInputs:
 
 
 def open_classifier(args: argparse.Namespace) -> Classifier:
-    classifier = classifier_from_flags(args, precision=args.precision, gradients=args.cam)
-    if classifier.backend.name == "torch":
-        from runtime import keep_freed_memory_for_reuse
-
-        keep_freed_memory_for_reuse()  # faster steps on Linux; see its docstring
-    return classifier
+    return classifier_from_flags(args, precision=args.precision, gradients=args.cam)
 
 
 def main(argv: list[str] | None = None) -> int:

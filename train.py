@@ -12,28 +12,29 @@ TensorBoard events, and test/ (the results on a pre-split dataset's test/ images
 import sys
 from typing import Any
 
-from cli import report
-# The flags are read before PyTorch is imported (train_flags.py has none of it); the run itself is training.py.
-from train_flags import DEFAULT_DATA_PATH, build_parser, check_args, given_flags  # noqa: F401 (re-exported)
+from effnet.command_line import report
+# The flags are read before PyTorch is imported (effnet/training/flags.py has none of it); the run
+# itself is effnet/training/trainer.py.
+from effnet.training.flags import DEFAULT_DATA_PATH, build_parser, check_args, given_flags  # noqa: F401 (re-exported)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = given_flags(argv)
     try:
-        import training  # PyTorch and torchvision: seconds to import, and a Ctrl-C meanwhile is one line too
+        from effnet.training import trainer  # PyTorch and torchvision: seconds to import, and a Ctrl-C meanwhile is one line too
     except KeyboardInterrupt:
         return report("interrupted while starting; nothing was trained, so there is nothing to resume", status=130)
-    return training.run(args, given)
+    return trainer.run(args, given)
 
 
 def __getattr__(name: str) -> Any:
     """The run's parts (train.make_loaders, train.build_model, ...), for scripts written when they lived here."""
     if name.startswith("__"):  # what tools probe modules for: no reason to import PyTorch
         raise AttributeError(name)
-    import training
+    from effnet.training import trainer
 
-    return getattr(training, name)
+    return getattr(trainer, name)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""The deployment section of benchmark.py: prediction as a deployer runs it, against what they would write
+"""The deployment section of benchmarks/speed.py: prediction as a deployer runs it, against what they would write
 by hand. Every contender runs in its own process (ONNX Runtime's and OpenVINO's thread pools spin and would
 starve a neighbour in the same process), rounds alternate between them, and medians are reported.
 
-    python benchmark.py --sections deployment                      # a few minutes on 2 cores
-    python benchmark.py --sections deployment --deploy-weights runs/<run>/best.pth --rounds 5
+    python -m benchmarks.speed --sections deployment                      # a few minutes on 2 cores
+    python -m benchmarks.speed --sections deployment --deploy-weights runs/<run>/best.pth --rounds 5
 
 Without --deploy-weights the checkpoint is a 5-class B0 whose BatchNorm statistics are measured on the photos
 (speed does not depend on what the weights learned, but tiny untrained activations would).
@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 FOLDER_PHOTOS = 256
 
 # What a user writes to run the exported model with ONNX Runtime, Pillow and numpy alone.
@@ -121,14 +121,10 @@ def _contender(kind: str, model: str) -> Callable[[np.ndarray], object]:
                                                                 "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
         return lambda batch: request.infer({0: batch})
-    from inference import Classifier  # this project's path: preprocessing aside, what predict.py runs
+    from effnet.inference.classifier import Classifier  # this project's path: preprocessing aside, what predict.py runs
 
     backend = kind.removeprefix("ours, ")
     weights = model if backend != "torch" else str(Path(model).with_suffix(".pth"))
-    if backend == "torch":
-        from runtime import keep_freed_memory_for_reuse
-
-        keep_freed_memory_for_reuse()  # as predict.py does for the torch backend
     return Classifier.from_weights(weights, backend=backend).probabilities
 
 
@@ -149,7 +145,7 @@ def worker() -> None:
 
 def throughput(kinds: Sequence[str], model: Path, batch: int, crop: int, rounds: int) -> dict[str, float]:
     """Median images/s of each contender, measured in alternating rounds, each in its own process."""
-    command = [sys.executable, "-c", "import deploy_benchmark; deploy_benchmark.worker()"]
+    command = [sys.executable, "-c", "from benchmarks import deployment; deployment.worker()"]
     workers = {kind: subprocess.Popen([*command, kind, str(model), str(batch), str(crop)], cwd=REPO, text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE) for kind in kinds}
     try:
@@ -171,7 +167,7 @@ def throughput(kinds: Sequence[str], model: Path, batch: int, crop: int, rounds:
 
 
 def throughput_rows(model: Path, crop: int, rounds: int) -> list[Comparison]:
-    from onnx_backend import is_installed
+    from effnet.inference.exported_backends import is_installed
 
     openvino = is_installed("openvino")
     kinds = ["plain onnxruntime", "ours, onnxruntime", "ours, torch"]
@@ -254,17 +250,19 @@ def prepare(workdir: Path, weights: str | None, photos: Sequence[str]) -> Setup:
     import torch
 
     import model as M
-    from onnx_export import export_checkpoint
-    from weights import read_weights_file, torchvision_key_map
+    from effnet.harness import write_random_run
+    from effnet.inference.exported_backends import default_output
+    from effnet.inference.onnx_conversion import export_checkpoint
+    from effnet.pretrained import read_weights_file, torchvision_key_map
 
     run = workdir / "run"
     run.mkdir()
-    checkpoint = run / "best.pth"
     if weights:
-        shutil.copy(weights, checkpoint)
+        checkpoint = Path(shutil.copy(weights, run / "best.pth"))
+        exported, _ = export_checkpoint(checkpoint, photos=photos[:8])
     else:
-        torch.save(_synthetic_checkpoint(photos), checkpoint)
-    exported, _ = export_checkpoint(checkpoint, photos=photos[:8])
+        checkpoint = write_random_run(run, photos=photos)
+        exported = default_output(checkpoint)
     network = M.model_from_checkpoint(checkpoint)
     torch.save({new: value for old, new in torchvision_key_map(network).items()
                 for value in [network.state_dict()[old]]}, workdir / "torchvision.pth")
@@ -278,33 +276,6 @@ def prepare(workdir: Path, weights: str | None, photos: Sequence[str]) -> Setup:
         os.symlink(os.path.abspath(photo), folder / f"{index:04d}.jpg")
     return Setup(checkpoint, exported, workdir / "torchvision.pth", network.num_classes, network.variant,
                  image["eval_resize"], image["eval_crop"], scripts, photos[0], folder)
-
-
-def _synthetic_checkpoint(photos: Sequence[str]) -> dict:
-    """A 5-class B0 checkpoint shaped like a run's best.pth (optimizer state for every layer), its BatchNorm
-    statistics measured on the photos. Freshly initialised statistics would leave the activations so small
-    that they turn into denormal floats, which slow every CPU backend down by large, different factors."""
-    import torch
-
-    import model as M
-    from images import Preprocessing
-    from variants import image_settings
-    from weights import checkpoint_fields
-
-    torch.manual_seed(0)
-    network = M.create_model("b0", 5).train()
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # running statistics = the average over every batch seen
-    preprocessing = Preprocessing.from_settings(image_settings("b0"))
-    with torch.no_grad():
-        for start in range(0, min(len(photos), 64), 16):
-            network(torch.from_numpy(np.stack([preprocessing.load(p) for p in photos[start:start + 16]])))
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
-    for parameter in network.parameters():
-        optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
-    return {**checkpoint_fields(network.eval()), "class_names": ["daisy", "dandelion", "roses", "sunflowers", "tulips"],
-            "image": image_settings("b0"), "optimizer": optimizer.state_dict(), "epoch": 1}
 
 
 def process_rows(setup: Setup, rounds: int) -> list[Comparison]:
@@ -332,7 +303,7 @@ def section(rounds: int, photos: Sequence[str], weights: str | None = None) -> s
     """The section's table, in markdown, with the setup it ran on."""
     if not photos:
         return "(deployment section skipped: it needs photos, see --photos)"
-    with tempfile.TemporaryDirectory(prefix="deploy_benchmark.") as folder:
+    with tempfile.TemporaryDirectory(prefix="deployment_benchmark.") as folder:
         setup = prepare(Path(folder), weights, photos)
         rows = process_rows(setup, rounds) + throughput_rows(setup.exported, setup.crop, rounds)
     lines = [f"Deployment: {'the checkpoint ' + weights if weights else 'a 5-class B0 checkpoint'} at "

@@ -3,10 +3,10 @@
 # torchvision (and timm when installed), training with AMP + channels_last, a 1-GPU NCCL run under torchrun,
 # the modern recipe with EMA and mixup, evaluation, and prediction with Grad-CAM. Run from the repository with the project's requirements installed.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 
-python benchmark.py --device cuda --sections inference training memory --rounds 10
+python -m benchmarks.speed --device cuda --sections inference training memory --rounds 10
 
 work=$(mktemp -d)
 python -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from imagegen import make_class_folders; make_class_folders(Path('$work/data'), per_class=30)"

@@ -1,4 +1,4 @@
-"""The HTTP API's speed (`python benchmark.py --sections api`): app.py in its own process, called by 1 and by 8
+"""The HTTP API's speed (`python -m benchmarks.speed --sections api`): app.py in its own process, called by 1 and by 8
 concurrent clients, each request one real photo, as a page or a script sends them.
 
 The reference is the same server with batching off (`--max-batch 1`: each request runs the model alone, at
@@ -10,11 +10,7 @@ cores as the servers, as they would on one machine. For scale, the model alone (
 batch 1 and batch 32 is measured too.
 """
 import io
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,70 +18,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 
-from inference import Classifier
-from files import save_checkpoint
-from model import create_model
-from onnx_export import export_checkpoint
-from runtime import keep_freed_memory_for_reuse
-from weights import checkpoint_fields
+from effnet.inference.classifier import Classifier
+from effnet.hardware import keep_freed_memory_for_reuse
+from effnet.harness import AppServer, write_random_run
 
-APP = Path(__file__).resolve().parent / "app.py"
 CLIENTS = (1, 8)
 REQUESTS_PER_ROUND = 64  # per round and server, shared among the clients
-
-
-def write_weights(folder: Path, variant: str, class_names: list[str]) -> Path:
-    """What a training run leaves: a checkpoint of a random `variant` (speed does not depend on what the
-    weights learned) with its best.onnx beside it, so app.py serves it as it would a run's model."""
-    torch.manual_seed(0)
-    path = folder / "best.pth"
-    model = create_model(variant, num_classes=len(class_names))
-    save_checkpoint({**checkpoint_fields(model), "class_names": class_names}, path)
-    export_checkpoint(path)
-    return path
-
-
-class AppServer:
-    """`python app.py ARGUMENTS` on a free port of 127.0.0.1 in its own process, for as long as the with-block
-    lasts; `url` is where it answers, `log` holds its output. Entering waits until /health answers."""
-
-    def __init__(self, *arguments: str, log: Path, threads: int | None = None, timeout: float = 300) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.command = [sys.executable, str(APP), *arguments, "--port", str(port)]
-        self.environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        self.log, self.timeout = log, timeout
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "AppServer":
-        with open(self.log, "w") as output:
-            self.process = subprocess.Popen(self.command, stdout=output, stderr=subprocess.STDOUT, env=self.environment)
-        try:
-            self._wait_until_healthy()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self.process.terminate()  # uvicorn shuts down gracefully on SIGTERM
-        self.process.wait(60)
-
-    def _wait_until_healthy(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"app.py did not answer within {self.timeout} s:\n{self.log.read_text()}")
 
 
 def run_clients(base: str, photos: list[tuple[str, bytes]], clients: int, requests: int) -> tuple[float, list[float]]:
@@ -166,7 +105,7 @@ def api_section(variant: str, photo_paths: list[str], rounds: int, threads: int 
     photos = [(Path(path).name, Path(path).read_bytes()) for path in photo_paths]
     class_names = sorted({Path(path).parent.name for path in photo_paths})
     with tempfile.TemporaryDirectory() as folder:
-        weights = write_weights(Path(folder), variant, class_names)
+        weights = write_random_run(Path(folder), variant, photo_paths, class_names)
         common = ("--weights", str(weights), "--model", variant, "--log-level", "warning")
         with AppServer(*common, "--max-batch", "1", log=Path(folder) / "off.log", threads=threads) as off, \
                 AppServer(*common, log=Path(folder) / "on.log", threads=threads) as on:

@@ -1,9 +1,9 @@
 """Speed and memory of this project against torchvision's EfficientNet, side by side in one run.
 
-    python benchmark.py                       # CPU, B0, every section (a few minutes on 2 cores)
-    python benchmark.py --device cuda         # the same on a GPU (adds timm when it is installed)
-    python benchmark.py --sections inference training --rounds 3
-    python benchmark.py --sections api        # app.py's HTTP API, 1 and 8 clients (benchmark_api.py)
+    python -m benchmarks.speed                       # CPU, B0, every section (a few minutes on 2 cores)
+    python -m benchmarks.speed --device cuda         # the same on a GPU (adds timm when it is installed)
+    python -m benchmarks.speed --sections inference training --rounds 3
+    python -m benchmarks.speed --sections api        # app.py's HTTP API, 1 and 8 clients (http_api.py)
 
 Both models get the same weights, input, thread count and batch; measurements alternate between them
 round by round and the median is reported, so drift on a shared machine hits both alike. The reference
@@ -19,56 +19,31 @@ import glob
 import multiprocessing
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torchvision
 import torchvision.transforms as T
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 
 import model as M
-import recipe
-import utils
-from flower_photos import FLOWER_SAMPLE
-from inference import Classifier
-from my_dataset import EvalTransform, TrainTransform, open_image
-from runtime import keep_freed_memory_for_reuse
+from effnet.training import recipe
+from effnet.training import loop
+from effnet.data.flower_photos import FLOWER_SAMPLE
+from effnet.inference.classifier import Classifier, weights_or_newest
+from effnet.data.dataset import EvalTransform, TrainTransform, open_image
+from effnet.hardware import keep_freed_memory_for_reuse
+from effnet.harness import make_large_jpeg
 
 SECTIONS = ("inference", "training", "memory", "data", "agreement", "deployment", "api")
-
-
-def make_large_jpeg(path: str | Path, size: tuple[int, int] = (4032, 3024), sources: Sequence[str] = (),
-                    seed: int = 0) -> Path:
-    """A camera-sized JPEG (12 MP by default) that compresses like a photo: a mosaic of real photos when
-    `sources` are given, else of drawn shapes, with mild sensor-like noise, saved at quality 90."""
-    rng = random.Random(seed)
-    canvas = Image.new("RGB", size)
-    tile = max(size) // 4
-    for top in range(0, size[1], tile):
-        for left in range(0, size[0], tile):
-            if sources:
-                with Image.open(rng.choice(list(sources))) as source:
-                    piece = source.convert("RGB").resize((tile, tile), Image.BICUBIC)
-            else:
-                piece = Image.new("RGB", (tile, tile), tuple(rng.randrange(256) for _ in range(3)))
-                draw = ImageDraw.Draw(piece)
-                for _ in range(12):
-                    x, y, r = rng.randrange(tile), rng.randrange(tile), rng.randrange(tile // 16, tile // 3)
-                    draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
-            canvas.paste(piece, (left, top))
-    noise = np.random.default_rng(seed).normal(0, 4, (size[1], size[0], 3))
-    pixels = np.clip(np.asarray(canvas, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path, quality=90)
-    return Path(path)
 
 
 @dataclass
@@ -160,12 +135,12 @@ def inference_rows(variant: str, device: torch.device, rounds: int) -> list[Row]
 
 
 def training_setup(name: str, variant: str, device: torch.device, checkpointing: bool = False,
-                   frozen: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, utils.StepSettings]:
+                   frozen: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, loop.StepSettings]:
     """(model, optimizer, settings) of one contender: "reference" (torchvision, plain), "ours" (as train.py
     runs by default), or on a GPU torchvision / timm with our speed settings."""
-    defaults = utils.StepSettings.for_device(device)  # what train.py runs with by default
+    defaults = loop.StepSettings.for_device(device)  # what train.py runs with by default
     if name == "reference":
-        model, settings = same_weights(variant, 5)[0], utils.StepSettings(device=device, channels_last=False)
+        model, settings = same_weights(variant, 5)[0], loop.StepSettings(device=device, channels_last=False)
     elif name == "ours":
         model, settings = same_weights(variant, 5)[1], defaults
         model.set_grad_checkpointing(checkpointing)
@@ -179,7 +154,7 @@ def training_setup(name: str, variant: str, device: torch.device, checkpointing:
     model.to(device, memory_format=memory_format)
     if frozen:
         recipe.freeze_all_but_head(model)
-    utils.train_mode(model)
+    loop.train_mode(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=1e-4), settings
 
@@ -210,7 +185,7 @@ def training_rows(variant: str, device: torch.device, rounds: int, batch: int = 
         def step(name: str) -> Callable[[], None]:
             model, optimizer, settings = setups[name]
             x, y = settings.to_device(images, labels)
-            return lambda: utils.train_step(model, optimizer, loss_function, x, y, settings)
+            return lambda: loop.train_step(model, optimizer, loss_function, x, y, settings)
 
         candidates = {name: (step(name), name != "reference") for name in setups}
         if device.type == "cpu" and not frozen:
@@ -239,7 +214,7 @@ def _memory_child(variant: str, which: str, checkpointing: bool, allocator: bool
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current resident size
     before = _status_mib("VmHWM")
-    utils.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
+    loop.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
     queue.put(_status_mib("VmHWM") - before)
 
 
@@ -264,11 +239,11 @@ def _peak_cuda(variant: str, which: str, checkpointing: bool, batch: int, device
     model, optimizer, settings = training_setup(which, variant, device, checkpointing)
     size = M.VARIANTS[variant].train_size
     x, y = settings.to_device(torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,)))
-    utils.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)  # optimizer state exists now
+    loop.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)  # optimizer state exists now
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    utils.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
+    loop.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
     torch.cuda.synchronize(device)
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     del model, optimizer
@@ -388,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["BENCHMARK_THREADS"] = str(torch.get_num_threads())
     photos = sorted(glob.glob(os.path.join(args.photos, "*", "*.jpg")))
 
-    print(f"# {' '.join(['python benchmark.py', *(argv if argv is not None else sys.argv[1:])])}")
+    print(f"# {' '.join(['python -m benchmarks.speed', *(argv if argv is not None else sys.argv[1:])])}")
     print(f"# {describe_machine(device)}; efficientnet_{args.variant}; median of {args.rounds} alternating rounds\n")
     rows: list[Row] = []
     if "inference" in args.sections:
@@ -405,23 +380,20 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(format_rows(rows))
     if "agreement" in args.sections:
-        weights = args.agreement_weights
-        if weights is None:
-            candidates = sorted(glob.glob("runs/*/best.pth"), key=os.path.getmtime)
-            weights = candidates[-1] if candidates else None
+        weights = weights_or_newest(args.agreement_weights)
         if weights and photos:
             name, share, count = agreement_row(weights, photos, device)
             print(f"\nbfloat16 vs float32 top-1 agreement with {name}: {share:.2%} of {count} photos")
         else:
             print("\n(bfloat16 agreement skipped: needs --agreement-weights and photos)")
     if "deployment" in args.sections:
-        import deploy_benchmark  # its own module: prediction without PyTorch, each contender in a process
+        from benchmarks import deployment  # its own module: prediction without PyTorch, each contender in a process
 
-        print("\n" + deploy_benchmark.section(args.rounds, photos, args.deploy_weights))
-    if "api" in args.sections:  # app.py's HTTP API: batching on and off, 1 and 8 clients (benchmark_api.py)
-        import benchmark_api
+        print("\n" + deployment.section(args.rounds, photos, args.deploy_weights))
+    if "api" in args.sections:  # app.py's HTTP API: batching on and off, 1 and 8 clients (http_api.py)
+        from benchmarks import http_api
 
-        print("\n" + benchmark_api.api_section(args.variant, photos, args.rounds, args.threads))
+        print("\n" + http_api.api_section(args.variant, photos, args.rounds, args.threads))
     return 0
 
 

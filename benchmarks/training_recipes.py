@@ -1,8 +1,8 @@
 """Reproduce the training-recipe experiments recorded in BENCHMARKS.md ("Training recipe").
 
-    python experiments.py ablation  --seeds 0 1      # which options help: one run per combination
-    python experiments.py recipes   --seeds 1 2      # --recipe tutorial against --recipe modern
-    python experiments.py imbalance --seeds 0 1      # one class cut to a fifth: with and without class weights
+    python -m benchmarks.training_recipes ablation  --seeds 0 1      # which options help: one run per combination
+    python -m benchmarks.training_recipes recipes   --seeds 1 2      # --recipe tutorial against --recipe modern
+    python -m benchmarks.training_recipes imbalance --seeds 0 1      # one class cut to a fifth: with and without class weights
 
 Every run is its own `python train.py ...` process, as a user would start it, one after another and
 single-threaded (--threads); all train
@@ -28,13 +28,13 @@ from typing import Sequence
 
 import numpy as np
 
-import metrics
-from evaluation import evaluate_images
-from flower_photos import FLOWER_SAMPLE
-from images import is_image_name
-from inference import Classifier
+from effnet.reports import metrics
+from effnet.reports.scoring import evaluate_images
+from effnet.data.flower_photos import FLOWER_SAMPLE
+from effnet.data.images import is_image_name
+from effnet.inference.classifier import Classifier
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 
 # Short names: "adamw" is AdamW at --lr 0.002 with 2 warm-up epochs, "ls" label smoothing 0.1, "ema" --ema 0.999,
 # "ta" TrivialAugment, "mix" mixup 0.2 / CutMix 1.0, "-droppath" without stochastic depth. Seeds 0 and 1 picked

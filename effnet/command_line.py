@@ -4,7 +4,7 @@ import argparse
 import re
 import sys
 
-from variants import variant_name
+from effnet.variants import variant_name
 
 
 class UsageError(Exception):

@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from cli import UsageError, check_device_name
+from effnet.command_line import UsageError, check_device_name
 
 
 def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
@@ -16,7 +16,7 @@ def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
     batch 32 with this setting alone (BENCHMARKS.md). The price is memory: freed blocks stay with the
     process, and a CPU training step's resident peak grows by about a quarter (BENCHMARKS.md). `enable=False` restores what glibc settles on by itself (32 MiB mmap threshold,
     64 MiB trim threshold) and hands back what was kept, as a process that never enabled it would be
-    (benchmark.py switches between the two). Returns False where there is no glibc.
+    (benchmarks/speed.py switches between the two). Returns False where there is no glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

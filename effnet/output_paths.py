@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from cli import UsageError
+from effnet.command_line import UsageError
 
 SIGNATURE = "efficientnet-tutorial"  # in every mark below: what says "this project wrote the file"
 HTML_GENERATOR_TAG = f'<meta name="generator" content="{SIGNATURE}">'

@@ -15,9 +15,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from download import DownloadError, download_file
-from images import INTERPOLATIONS
-from variants import BASELINE_STAGES, TUTORIAL_BN_EPS, VARIANTS, _make_divisible, head_channels, stage_repeats, \
+from effnet.download import DownloadError, download_file
+from effnet.model_choices import is_imagenet
+from effnet.data.images import INTERPOLATIONS
+from effnet.variants import BASELINE_STAGES, TUTORIAL_BN_EPS, VARIANTS, _make_divisible, head_channels, stage_repeats, \
     variant_name
 
 WEIGHTS_BASE_URL = "https://download.pytorch.org/models/"
@@ -239,7 +240,7 @@ def _describe(keys: list[str], limit: int = 4) -> str:
 
 def _read_source(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, Any]:
     """(where the weights come from, in words; what was loaded)."""
-    if isinstance(source, (str, os.PathLike)) and str(source).lower() == "imagenet":
+    if is_imagenet(source):
         if model.variant is None:
             raise WeightsError("ImageNet weights need a model built by create_model / efficientnet_bX")
         origin = f"torchvision ImageNet weights ({VARIANTS[model.variant].imagenet_top1}% top-1)"

@@ -1,6 +1,9 @@
 """Helpers shared by the tests."""
+import errno
 import functools
 import http.server
+import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -9,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from flower_photos import FLOWER_SAMPLE
+from effnet.data.flower_photos import FLOWER_SAMPLE
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -86,16 +89,6 @@ def train_args(data: Path, runs: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def assert_usage_error(main: object, argv: list[str], capsys: pytest.CaptureFixture, *fragments: str) -> None:
-    """`main(argv)` exits 2 with exactly one `error:` line, holding every fragment, and no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 # A budget in which train.py learns the three colour classes far above chance (1/3) on any CPU: batches of 16 (so
 # that BatchNorm's running statistics settle within a few epochs: with batches of 4 they lag the weights, and
 # validation answers one class for epochs on end) at 48 px. Measured with 1 and 2 threads on several seeds: the
@@ -148,3 +141,50 @@ def page(chromium: object) -> Iterator[object]:
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def load(path: Path) -> dict:
+    """A checkpoint, read as the programs read it."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def one_error_line(err: str) -> str:
+    """The one `error:` line of a program's stderr, which must hold no traceback."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def fails_with(main: object, argv: list[str], capsys: pytest.CaptureFixture, *fragments: str,
+               status: int = 2) -> str:
+    """`main(argv)` exits with `status` (2: a usage error) and one `error:` line holding every fragment."""
+    assert main(argv) == status
+    line = one_error_line(capsys.readouterr().err)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def assert_usage_error(main: object, argv: list[str], capsys: pytest.CaptureFixture, *fragments: str) -> None:
+    fails_with(main, argv, capsys, *fragments)
+
+
+@pytest.fixture
+def disk_full_at_fsync(monkeypatch):
+    """Simulate a full disk: fsync reports ENOSPC (as file systems with delayed allocation do) and the disk
+    reports 1 kB free. Call the returned function to start failing; undo with the returned `stop`."""
+    real_fsync, real_usage = os.fsync, shutil.disk_usage
+    state = {"full": False}
+
+    def fsync(descriptor):
+        if state["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(descriptor)
+
+    def disk_usage(path):
+        usage = real_usage(path)
+        return usage._replace(free=1000) if state["full"] else usage
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    return state

@@ -17,8 +17,8 @@ from fastapi import HTTPException
 from PIL import Image
 
 import app
-from benchmark_api import AppServer
-from inference import Classifier
+from effnet.harness import AppServer
+from effnet.inference.classifier import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_UPLOAD_MB, MAX_FILES = 1, 4  # small limits, so that the bad-input tests stay small

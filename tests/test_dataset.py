@@ -10,11 +10,11 @@ import torchvision.transforms as T
 from PIL import Image
 
 import train
-import utils
+from effnet.training import loop
 from conftest import train_args
 from imagegen import class_image, jpeg_bytes, make_class_folders
 from model import MEAN, STD
-from my_dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform, open_image, to_rgb
+from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform, open_image, to_rgb
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (90, 70)) -> Image.Image:
@@ -75,7 +75,7 @@ def awkward_tree(tmp_path: Path) -> Path:
 
 
 def test_split_finds_every_image_kind_and_ignores_the_rest(awkward_tree, capsys):
-    split = utils.read_split_data(awkward_tree, val_rate=0.2, seed=0)
+    split = loop.read_split_data(awkward_tree, val_rate=0.2, seed=0)
     err = capsys.readouterr().err
     assert split.classes == ["broken", "good", "single"]  # empty and hidden folders are not classes
     names = {Path(p).name for p in split.train_paths + split.val_paths}
@@ -138,20 +138,20 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch, capsys):
 
 def test_split_is_deterministic_stratified_and_keeps_every_class_in_validation(tmp_path):
     root = make_class_folders(tmp_path / "data", per_class=7)
-    first = utils.read_split_data(root, 0.2, seed=3)
-    assert first == utils.read_split_data(root, 0.2, seed=3)
-    assert first.val_paths != utils.read_split_data(root, 0.2, seed=4).val_paths
+    first = loop.read_split_data(root, 0.2, seed=3)
+    assert first == loop.read_split_data(root, 0.2, seed=3)
+    assert first.val_paths != loop.read_split_data(root, 0.2, seed=4).val_paths
     assert first.counts(first.val_labels) == [1, 1, 1]  # round(7 * 0.2) = 1 per class
     assert not set(first.train_paths) & set(first.val_paths)
     assert len(first.train_paths) + len(first.val_paths) == 21
-    tiny = utils.read_split_data(root, 0.01, seed=0)
+    tiny = loop.read_split_data(root, 0.01, seed=0)
     assert tiny.counts(tiny.val_labels) == [1, 1, 1]  # at least one per class with two or more images
 
 
 def test_split_round_trips_through_json(tmp_path):
     root = make_class_folders(tmp_path / "data", per_class=4)
-    split = utils.read_split_data(root, 0.25, seed=0)
-    assert utils.DataSplit.from_json(split.to_json(), str(root)) == utils.DataSplit(
+    split = loop.read_split_data(root, 0.25, seed=0)
+    assert loop.DataSplit.from_json(split.to_json(), str(root)) == loop.DataSplit(
         root=str(root), classes=split.classes, train_paths=split.train_paths, train_labels=split.train_labels,
         val_paths=split.val_paths, val_labels=split.val_labels)
 
@@ -213,7 +213,7 @@ def test_small_photos_match_the_tutorial_transforms_exactly(use_flowers, request
 
 
 def test_reduced_size_decoding_of_a_large_jpeg_is_close_to_full_decoding(tmp_path):
-    from benchmark import make_large_jpeg
+    from effnet.harness import make_large_jpeg
 
     path = str(make_large_jpeg(tmp_path / "large.jpg", size=(2400, 1800)))
     full = EvalTransform(256, 224, reduced_decode=False)(open_image(path))
@@ -231,7 +231,7 @@ def test_reduced_size_decoding_of_a_large_jpeg_is_close_to_full_decoding(tmp_pat
 
 @pytest.mark.parametrize("size", [(1, 1), (257, 129), (224, 224)])
 def test_numpy_normalisation_gives_torchvisions_bits(size):
-    from images import MEAN, STD, normalize
+    from effnet.data.images import MEAN, STD, normalize
 
     image = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     for mean, std in ((MEAN, STD), ((0.5,), (0.5,))):  # three values, or one for every channel
@@ -242,7 +242,7 @@ def test_numpy_normalisation_gives_torchvisions_bits(size):
 
 
 def test_epoch_sampler_length_is_what_it_yields():
-    from my_dataset import EpochSampler
+    from effnet.data.dataset import EpochSampler
 
     for size, replicas, pad, balanced in itertools.product([0, 1, 2, 7, 33], [1, 3, 8], [True, False], [False, True]):
         for rank in range(replicas):
@@ -255,7 +255,7 @@ def test_links_that_lead_nowhere_are_skipped_with_a_note(tmp_path, capsys):
     (data / "red" / "self.jpg").symlink_to("self.jpg")  # a loop: its stat fails with ELOOP
     (data / "blue" / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
     (data / "loop").symlink_to("loop")  # a class folder that is a loop: not a folder, passed over
-    split = utils.read_split_data(data)
+    split = loop.read_split_data(data)
     assert split.classes == ["blue", "green", "red"] and len(split.train_paths) + len(split.val_paths) == 9
     err = capsys.readouterr().err
     assert f"skipping unreadable image {data / 'red' / 'self.jpg'}: a symbolic link to self.jpg" in err
@@ -266,7 +266,7 @@ def test_links_that_lead_nowhere_are_skipped_with_a_note(tmp_path, capsys):
 @pytest.mark.parametrize("samples, batch, sizes", [(10, 3, [3, 3, 4]), (9, 3, [3, 3, 3]), (1, 3, [1]),
                                                    (4, 1, [1, 1, 1, 1]), (8, 3, [3, 3, 2])])
 def test_a_lone_last_sample_joins_the_batch_before(samples, batch, sizes):
-    from my_dataset import LastBatchMerged
+    from effnet.data.dataset import LastBatchMerged
 
     sampler = LastBatchMerged(range(samples), batch)
     assert [len(b) for b in sampler] == sizes and len(sampler) == len(sizes)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import model as M
-import utils
+from effnet.training import loop
 from conftest import train_args
 from imagegen import make_class_folders
-from my_dataset import EvalTransform, MyDataSet
+from effnet.data.dataset import EvalTransform, MyDataSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,8 @@ def test_validation_counts_every_image_once_and_matches_one_process(distributed_
     loader = torch.utils.data.DataLoader(
         MyDataSet(paths, labels, EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"])),
         batch_size=4, collate_fn=MyDataSet.collate_fn)
-    single = utils.evaluate(model.to(memory_format=torch.channels_last), loader,
-                            utils.StepSettings(torch.device("cpu")), 3, progress=False)
+    single = loop.evaluate(model.to(memory_format=torch.channels_last), loader,
+                            loop.StepSettings(torch.device("cpu")), 3, progress=False)
     assert single.accuracy == last["history"][-1]["val_acc"]
     assert torch.equal(single.confusion, last["confusion"])
     assert single.loss == pytest.approx(last["history"][-1]["val_loss"], rel=1e-5)
@@ -82,7 +82,7 @@ def torchrun_patched(tmp_path: Path, patch: str, epochs: int) -> subprocess.Comp
     """torchrun of train.py on generated images, with `patch` (Python source) applied in every process first."""
     data = make_class_folders(tmp_path / "data", per_class=6)
     wrapper = tmp_path / "patched_train.py"
-    wrapper.write_text(f"import os, sys, train, utils\n{patch}\nsys.exit(train.main())\n")
+    wrapper.write_text(f"import os, sys, train\nfrom effnet.training import loop\n{patch}\nsys.exit(train.main())\n")
     # batches of 4: each process gets two steps per epoch, so one missing batch leaves the other
     return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", "4"),
                     script=str(wrapper), timeout=240)
@@ -91,12 +91,12 @@ def torchrun_patched(tmp_path: Path, patch: str, epochs: int) -> subprocess.Comp
 def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
     start = time.time()
     result = torchrun_patched(tmp_path, (
-        "real = utils.train_step\n"
+        "real = loop.train_step\n"
         "def step(*args, **kwargs):\n"
         "    if os.environ['RANK'] == '1':\n"
         "        raise RuntimeError('injected failure on rank 1')\n"
         "    return real(*args, **kwargs)\n"
-        "utils.train_step = step"), epochs=3)
+        "loop.train_step = step"), epochs=3)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert time.time() - start < 200  # stopped, not hung until the collective timeout

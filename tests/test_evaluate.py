@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import evaluate
-import metrics
+from effnet.reports import metrics
 import train
-import utils
+from effnet.training import loop
 from conftest import FLOWER_SAMPLE, assert_usage_error, train_args
 from imagegen import make_class_folders
 
@@ -244,17 +244,17 @@ def test_a_val_or_test_class_unknown_to_train_is_refused(tmp_path, capsys):
 def test_split_json_keeps_the_test_images_for_resume(tmp_path):
     make_class_folders(tmp_path / "data" / "train", per_class=5)
     make_class_folders(tmp_path / "data" / "test", per_class=2)
-    split = utils.read_data(tmp_path / "data", None, seed=0, report=False)
+    split = loop.read_data(tmp_path / "data", None, seed=0, report=False)
     assert (len(split.train_paths), len(split.val_paths), len(split.test_paths)) == (12, 3, 6)  # 1 of 5 held out
-    again = utils.DataSplit.from_json(json.loads(json.dumps(split.to_json())), str(tmp_path / "data"))
+    again = loop.DataSplit.from_json(json.loads(json.dumps(split.to_json())), str(tmp_path / "data"))
     assert (again.test_paths, again.test_labels) == (split.test_paths, split.test_labels)
     assert again.val_paths == split.val_paths
-    assert utils.read_data(tmp_path / "data", 0.4, seed=0, report=False).val_paths != split.val_paths
+    assert loop.read_data(tmp_path / "data", 0.4, seed=0, report=False).val_paths != split.val_paths
 
 
 def test_evaluation_modules_load_no_torch():
     """evaluate.py starts without PyTorch until a backend needs it (an ONNX backend never does)."""
-    code = ("import sys, evaluate, evaluation, html_report, image_folders; "
+    code = ("import sys, evaluate, effnet.reports.scoring, effnet.reports.report_page, effnet.data.class_folders; "
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                             capture_output=True, text=True, check=True)

@@ -1,5 +1,5 @@
 """figures.py: what the learning-curve figure does with awkward histories."""
-import figures
+from effnet.reports import figures
 
 
 def test_loss_curves_switch_to_a_log_scale_only_when_a_spike_would_flatten_them(tmp_path):

@@ -1,7 +1,7 @@
 """metrics.py against scores counted by hand."""
 import pytest
 
-import metrics
+from effnet.reports import metrics
 
 # rows: true class, columns: predicted class. a: 3 right, 1 taken for b; b: 2 right; c: never seen, once predicted
 CONFUSION = [[3, 1, 0], [0, 2, 1], [0, 0, 0]]

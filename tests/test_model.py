@@ -9,11 +9,11 @@ import torch
 import torchvision
 
 import model as M
-import weights as W
-from variants import Variant
-from torch_backend import fuse_batchnorm
+from effnet import pretrained as W
+from effnet.variants import Variant
+from effnet.inference.torch_backend import fuse_batchnorm
 from conftest import randomize_
-from download import sha256_of
+from effnet.download import sha256_of
 
 GOLDEN_B0_KEYS = Path(__file__).parent / "data" / "tutorial_b0_state_dict.json"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import UsageError
-from output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
+from effnet.command_line import UsageError
+from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
     header_matches, marked_at_end, marked_at_start
 
 TABLE = OutputKind("a table of ours", header_matches(r"image(,class_\d+)+,error"))

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 import model as M
-import weights as W
-from class_names import imagenet_class_names
+from effnet import pretrained as W
+from effnet.inference.class_names import imagenet_class_names
 import predict
-import utils
-from my_dataset import EvalTransform, MyDataSet
+from effnet.training import loop
+from effnet.data.dataset import EvalTransform, MyDataSet
 
 
 def val_images(run: Path) -> tuple[list[str], list[int]]:
@@ -44,7 +44,7 @@ def test_predict_agrees_with_the_validation_loop(trained_run):
     model.eval()
     with torch.no_grad():
         expected = model(images).softmax(1)
-    result = utils.evaluate(model, loader, utils.StepSettings(torch.device("cpu")), 3, progress=False)
+    result = loop.evaluate(model, loader, loop.StepSettings(torch.device("cpu")), 3, progress=False)
     assert result.accuracy == checkpoint["best_acc"]
 
     classifier = predict.Classifier.from_weights(trained_run / "best.pth")
@@ -211,7 +211,7 @@ def test_torchvision_layout_state_dict(trained_run, tmp_path, capsys):
 
 
 def test_imagenet_weights_use_imagenet_class_names(tmp_path, monkeypatch, capsys):
-    from download import sha256_of
+    from effnet.download import sha256_of
     from dataclasses import replace
 
     payload = tmp_path / "mirror" / "w.pth"

@@ -19,7 +19,7 @@ from PIL import Image
 
 import app
 import evaluate
-import figures
+from effnet.reports import figures
 import model as M
 import predict
 from conftest import assert_usage_error
@@ -165,7 +165,7 @@ def test_show_with_a_display_that_does_not_answer_says_so_in_one_line(trained_ru
 
 def test_file_only_figures_leave_the_window_backend_to_show(tmp_path):
     # a Grad-CAM map written before the --show figure must not lock matplotlib into drawing to files only
-    code = ("import sys, numpy as np; from PIL import Image; import figures, matplotlib\n"
+    code = ("import sys, numpy as np; from PIL import Image; import matplotlib; from effnet.reports import figures\n"
             "view = Image.new('RGB', (32, 32))\n"
             f"figures.prediction_figure(view, 'x', [('a', 0.6)], {str(tmp_path / 'cam.png')!r}, cam=np.ones((32, 32)))\n"
             "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend())")

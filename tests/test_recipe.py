@@ -10,16 +10,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import flower_photos
+from effnet.data import flower_photos
 import model as M
-import recipe
+from effnet.training import recipe
 import train
-import utils
-from cli import UsageError
-from conftest import train_args
-from distributed import Distributed
+from effnet.training import loop
+from effnet.command_line import UsageError
+from conftest import load, train_args
+from effnet.training.distributed import Distributed
 from imagegen import make_class_folders
-from my_dataset import EpochSampler, EvalTransform, MyDataSet, open_image
+from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet, open_image
 from test_train import _fails_with
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +29,6 @@ def resolved(*argv: str) -> object:
     """train.py's settings for a new run with these flags, the preset and dependent defaults applied."""
     args = train.build_parser().parse_args(list(argv))
     return recipe.resolve(args, train.given_flags(list(argv)))
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --- presets and defaults -------------------------------------------------------------------------------------
@@ -128,7 +124,7 @@ def test_class_weights_are_inverse_frequencies_in_the_loss():
 
 
 def _blob_recall(class_weights: str) -> float:
-    """Train a linear classifier on overlapping, imbalanced 2-D blobs (200 : 20) through utils.train_one_epoch
+    """Train a linear classifier on overlapping, imbalanced 2-D blobs (200 : 20) through loop.train_one_epoch
     with the recipe's loss; the minority class's recall on a balanced test set."""
     generator = torch.Generator().manual_seed(0)
 
@@ -145,9 +141,9 @@ def _blob_recall(class_weights: str) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(train_x, train_y), batch_size=20, shuffle=True,
                         generator=torch.Generator().manual_seed(0))  # mixed batches: a one-class batch is unweighted
-    settings = utils.StepSettings(torch.device("cpu"), channels_last=False)
+    settings = loop.StepSettings(torch.device("cpu"), channels_last=False)
     for epoch in range(30):
-        utils.train_one_epoch(model, optimizer, loader, settings, epoch + 1, progress=False, steps=steps)
+        loop.train_one_epoch(model, optimizer, loader, settings, epoch + 1, progress=False, steps=steps)
     test_x, test_y = blobs(500, 500)
     found = model(test_x).argmax(1)[test_y == 1]
     return (found == 1).float().mean().item()
@@ -233,11 +229,11 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_best_pth_holds(ema_ru
     dataset = MyDataSet([str(Path(split["root"]) / p) for p, _ in split["val"]], [label for _, label in split["val"]],
                         EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"]))
     loader = DataLoader(dataset, batch_size=4, collate_fn=MyDataSet.collate_fn)
-    settings = utils.StepSettings.for_device(torch.device("cpu"))
+    settings = loop.StepSettings.for_device(torch.device("cpu"))
 
     def val_loss(checkpoint: dict) -> float:
         model = M.model_from_checkpoint(checkpoint).to(memory_format=torch.channels_last)
-        return utils.evaluate(model, loader, settings, 3, progress=False).loss
+        return loop.evaluate(model, loader, settings, 3, progress=False).loss
 
     for checkpoint in (best, last):
         recorded = checkpoint["history"][checkpoint["epoch"] - 1]["val_loss"]
@@ -300,7 +296,7 @@ def test_balanced_sampling_draws_every_class_about_equally():
 def test_balanced_sampling_reaches_the_training_loader(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=4)
     args = resolved(*train_args(data, tmp_path / "runs", "--balanced-sampling"))
-    split = utils.read_split_data(data, 0.25, 0, report=False)
+    split = loop.read_split_data(data, 0.25, 0, report=False)
     images = {"train_size": 64, "eval_resize": 73, "eval_crop": 64, "interpolation": "bicubic"}
     _, _, sampler = train.make_loaders(split, images, args, torch.device("cpu"), Distributed())
     assert sampler.weights is not None and len(sampler.weights) == len(split.train_paths)
@@ -329,7 +325,7 @@ def test_drop_path_sets_the_block_rates_and_makes_training_passes_random():
 def _scripted_evaluation(monkeypatch, accuracies: list[float], stop_at_call: int | None = None) -> list[int]:
     """utils.evaluate with the accuracy of the n-th call replaced by accuracies[n]; KeyboardInterrupt at
     call `stop_at_call`. Returns the list of calls made so far (shared, so a resumed run continues it)."""
-    real, calls = utils.evaluate, []
+    real, calls = loop.evaluate, []
 
     def scripted(*args, **kwargs):
         calls.append(len(calls))
@@ -337,7 +333,7 @@ def _scripted_evaluation(monkeypatch, accuracies: list[float], stop_at_call: int
             raise KeyboardInterrupt
         return dataclasses.replace(real(*args, **kwargs), accuracy=accuracies[len(calls) - 1])
 
-    monkeypatch.setattr(utils, "evaluate", scripted)
+    monkeypatch.setattr(loop, "evaluate", scripted)
     return calls
 
 
@@ -371,7 +367,7 @@ def test_best_metric_picks_the_epoch_best_pth_holds(metric, best_epoch, tmp_path
     # epoch 1 finds every blue and green image but no red one: higher accuracy (7 of 9), lower macro F1
     # than epoch 2, which gets 6 of 9 right with every class found
     epochs = [torch.tensor([[5, 0, 0], [0, 2, 0], [0, 2, 0]]), torch.tensor([[3, 2, 0], [0, 2, 0], [0, 1, 1]])]
-    real, calls = utils.evaluate, []
+    real, calls = loop.evaluate, []
 
     def scripted(*args, **kwargs):
         confusion = epochs[len(calls)]
@@ -379,7 +375,7 @@ def test_best_metric_picks_the_epoch_best_pth_holds(metric, best_epoch, tmp_path
         result = real(*args, **kwargs)
         return dataclasses.replace(result, confusion=confusion, accuracy=confusion.trace().item() / 9)
 
-    monkeypatch.setattr(utils, "evaluate", scripted)
+    monkeypatch.setattr(loop, "evaluate", scripted)
     data = make_class_folders(tmp_path / "data", per_class=3)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "m",
                                  "--best-metric", metric)) == 0

@@ -7,27 +7,43 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = {path.stem: path for path in sorted(REPO.glob("*.py"))}
-PROGRAMS = {"train", "predict", "evaluate", "export", "app", "benchmark"}  # command-line programs, never imported
+TOP_LEVEL = {"model", "my_dataset", "utils", "train", "predict", "evaluate", "export", "app", "hubconf"}
+PROGRAMS = {"train", "predict", "evaluate", "export", "app", "hubconf"}  # run by users, never imported
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
 
 
+def dotted_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {dotted_name(path): path for path in sorted([*REPO.glob("*.py"), *REPO.glob("effnet/**/*.py"),
+                                                         *REPO.glob("benchmarks/*.py")])}
+
+
 def project_imports(path: Path) -> set[str]:
-    """Project modules `path` imports anywhere in it (function-level imports included)."""
+    """Project modules `path` imports anywhere in it (function-level and relative imports included)."""
+    package = dotted_name(path) if path.name == "__init__.py" else dotted_name(path).rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found & set(MODULES)
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in MODULES and MODULES[name] != path and not name.endswith("__init__")}
 
 
-def test_imports_form_no_cycle_and_programs_are_not_imported():
-    graph = {name: project_imports(path) - {name} for name, path in MODULES.items()}
-    for name, imported in graph.items():
-        if name not in ("benchmark", "hubconf"):  # the benchmark drives the programs it measures
-            assert not imported & PROGRAMS - {"benchmark"}, f"{name} imports a program: {imported & PROGRAMS}"
+GRAPH = {name: project_imports(path) for name, path in MODULES.items()}
+
+
+def test_the_top_level_holds_the_tutorials_files_and_the_programs():
+    assert {path.stem for path in REPO.glob("*.py")} == TOP_LEVEL
+
+
+def test_imports_form_no_cycle():
     visiting, done = [], set()
 
     def visit(name: str) -> None:
@@ -35,27 +51,61 @@ def test_imports_form_no_cycle_and_programs_are_not_imported():
         if name in done:
             return
         visiting.append(name)
-        for imported in sorted(graph[name]):
+        for imported in sorted(GRAPH[name]):
             visit(imported)
         visiting.pop()
         done.add(name)
 
-    for name in sorted(graph):
+    for name in sorted(GRAPH):
         visit(name)
+
+
+@pytest.mark.parametrize("name", sorted(name for name in MODULES if name.startswith("effnet")))
+def test_the_package_imports_only_model_from_the_top_and_no_benchmark(name):
+    outside = {imported for imported in GRAPH[name] if not imported.startswith("effnet")}
+    assert outside <= {"model"}, f"{name} imports {outside}: the package may import model.py, nothing else above it"
+
+
+def test_no_program_or_benchmark_is_imported_by_the_code_or_the_tests():
+    for name, imported in GRAPH.items():
+        if not name.startswith("benchmarks"):  # a benchmark may call the one beside it
+            assert not imported & PROGRAMS, f"{name} imports a program: {imported & PROGRAMS}"
+            assert not any(module.startswith("benchmarks") for module in imported), f"{name} imports a benchmark"
+    for test in (REPO / "tests").glob("*.py"):
+        imported = {alias.name for node in ast.walk(ast.parse(test.read_text())) if isinstance(node, ast.Import)
+                    for alias in node.names} | {node.module or "" for node in ast.walk(ast.parse(test.read_text()))
+                                                 if isinstance(node, ast.ImportFrom)}
+        assert not any(name.partition(".")[0] == "benchmarks" for name in imported), f"{test.name} imports a benchmark"
+
+
+def test_the_package_map_names_every_module():
+    package_map = (REPO / "effnet" / "__init__.py").read_text()
+    for name, path in MODULES.items():
+        if name.startswith("effnet.") and path.name != "__init__.py":
+            assert path.name in package_map, f"effnet/__init__.py does not list {path.relative_to(REPO)}"
+            assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(REPO)} has no docstring"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_and_functions_stay_small(name):
     source = MODULES[name].read_text()
-    assert len(source.splitlines()) <= MAX_MODULE_LINES, f"{name}.py has {len(source.splitlines())} lines"
+    assert len(source.splitlines()) <= MAX_MODULE_LINES, f"{name} has {len(source.splitlines())} lines"
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("build_parser"):
             length = node.end_lineno - node.lineno + 1
-            assert length <= MAX_FUNCTION_LINES, f"{name}.py: {node.name} has {length} lines"
+            assert length <= MAX_FUNCTION_LINES, f"{name}: {node.name} has {length} lines"
+
+
+@pytest.mark.parametrize("command", [["train.py"], ["predict.py"], ["evaluate.py"], ["export.py"], ["app.py"],
+                                     ["-m", "benchmarks.speed"],
+                                     ["-m", "benchmarks.training_recipes"]])
+def test_every_program_and_benchmark_answers_help(command):
+    result = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
 
 
 def test_the_inference_core_imports_no_torch():
-    code = ("import sys, inference, images, variants, class_names, onnx_backend, download, predict; "
+    code = ("import sys, predict, effnet.inference.classifier, effnet.data.images, effnet.variants, effnet.inference.class_names, effnet.inference.exported_backends, effnet.download; "
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

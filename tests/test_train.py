@@ -15,21 +15,21 @@ import torch
 from torch.utils.data import DataLoader
 
 import model as M
-import cli
-import files
-import flower_photos
-import runtime
-import variants
-import weights as W
+from effnet import command_line
+from effnet import atomic_files
+from effnet.data import flower_photos
+from effnet import hardware
+from effnet import variants
+from effnet import pretrained as W
 import predict
-import recipe
+from effnet.training import recipe
 import train
-import utils
-from conftest import train_args
-from distributed import Distributed
-from download import sha256_of
+from effnet.training import loop
+from conftest import load, train_args
+from effnet.training.distributed import Distributed
+from effnet.download import sha256_of
 from imagegen import make_class_folders
-from my_dataset import EvalTransform, MyDataSet
+from effnet.data.dataset import EvalTransform, MyDataSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,10 +39,6 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def untrained_accuracy(images: list[str], labels: list[int], settings: dict, seed: int = 0) -> float:
     """Validation accuracy of the network train.py starts from (same seed, no training): the control."""
     torch.manual_seed(seed)
@@ -50,7 +46,7 @@ def untrained_accuracy(images: list[str], labels: list[int], settings: dict, see
     dataset = MyDataSet(images, labels, EvalTransform(settings["eval_resize"], settings["eval_crop"],
                                                       settings["interpolation"]))
     loader = DataLoader(dataset, batch_size=16, collate_fn=MyDataSet.collate_fn)
-    return utils.evaluate(network, loader, utils.StepSettings.for_device(torch.device("cpu")), 3, False).accuracy
+    return loop.evaluate(network, loader, loop.StepSettings.for_device(torch.device("cpu")), 3, False).accuracy
 
 
 def test_end_to_end_training_learns_and_predicts(trained_run, capsys):
@@ -166,15 +162,16 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):
 
 def test_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     target = tmp_path / "last.pth"
-    files.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    atomic_files.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
     script = f"""
-import os, signal, torch, files
+import os, signal, torch
+from effnet import atomic_files
 def dying_save(obj, f, *a, **k):
     f.write(b"PK\\x03\\x04 half a checkpoint")
     f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = dying_save
-files.save_checkpoint({{"epoch": 2}}, {str(target)!r})
+atomic_files.save_checkpoint({{"epoch": 2}}, {str(target)!r})
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == -signal.SIGKILL
@@ -182,8 +179,8 @@ files.save_checkpoint({{"epoch": 2}}, {str(target)!r})
 
 
 def test_atomically_written_files_get_the_usual_permissions(tmp_path):
-    files.write_text(tmp_path / "metrics.csv", "epoch\n")  # mkstemp alone would leave it private (0o600)
-    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+    atomic_files.write_text(tmp_path / "metrics.csv", "epoch\n")  # mkstemp alone would leave it private (0o600)
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~atomic_files._UMASK
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
@@ -196,7 +193,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             loss = super().forward(logits, labels)
             return loss * float("nan") if calls["n"] > 4 else loss  # epoch 1: 3 steps, 1 val batch
 
-    monkeypatch.setattr(utils.nn, "CrossEntropyLoss", FailingLoss)
+    monkeypatch.setattr(loop.nn, "CrossEntropyLoss", FailingLoss)
     data = make_class_folders(tmp_path / "data", per_class=10)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "3", "--name", "nan")) == 1
     out = capsys.readouterr().out
@@ -210,7 +207,7 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils, "train_one_epoch", interrupted)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
     data = make_class_folders(tmp_path / "data", per_class=3)
     assert train.main(train_args(data, tmp_path / "runs", "--name", "early")) == 130
     out = capsys.readouterr().out
@@ -218,7 +215,7 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch,
 
 
 def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkeypatch, capsys):
-    real_evaluate = utils.evaluate
+    real_evaluate = loop.evaluate
     evaluations = []
 
     def evaluate_then_stop_in_epoch_2(*args, **kwargs):
@@ -227,7 +224,7 @@ def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkey
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop_in_epoch_2)
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_stop_in_epoch_2)
     monkeypatch.chdir(tmp_path)
     make_class_folders(tmp_path / "data", per_class=4)
     assert train.main(train_args(Path("data"), Path("runs"), "--epochs", "2", "--name", "r")) == 130
@@ -241,7 +238,7 @@ def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkey
     (tmp_path / "data").rename(tmp_path / "moved")
     _fails_with(["--resume", str(run)], capsys, "no longer in", "--data-path")
 
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
     monkeypatch.chdir(tmp_path)
     assert train.main(["--resume", str(run), "--data-path", "moved", "--progress", "false", "--lr", "0.5",
                        "--freeze-layers", "true", "--grad-checkpointing"]) == 0
@@ -304,8 +301,8 @@ def test_sync_bn_needs_cuda_processes(tmp_path, capsys, monkeypatch, closed_port
 
 
 def test_an_explicit_gpu_index_is_refused_under_torchrun():
-    with pytest.raises(cli.UsageError, match="LOCAL_RANK"):
-        runtime.resolve_device("cuda:1", local_rank=0, distributed=True)
+    with pytest.raises(command_line.UsageError, match="LOCAL_RANK"):
+        hardware.resolve_device("cuda:1", local_rank=0, distributed=True)
 
 
 def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
@@ -320,7 +317,7 @@ def test_flags_default_to_the_tutorial_recipe():
     args = train.build_parser().parse_args([])
     assert (args.epochs, args.batch_size, args.lr, args.lrf) == (30, 16, 0.01, 0.01)
     assert (args.model, args.weights, args.freeze_layers, args.val_rate) == ("b0", "imagenet", False, 0.2)
-    assert runtime.default_workers(16) == min(len(os.sched_getaffinity(0)), 8)
+    assert hardware.default_workers(16) == min(len(os.sched_getaffinity(0)), 8)
 
 
 @pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
@@ -478,7 +475,7 @@ def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path,
     base_url, served = http_server
     _archive(served / "flower_photos.tgz", {"flower_photos/roses/1.jpg": b"x"})
     target = tmp_path / "flower_data" / "flower_photos"
-    with pytest.raises(cli.UsageError, match="corrupted or altered"):
+    with pytest.raises(command_line.UsageError, match="corrupted or altered"):
         flower_photos.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
     assert not target.exists() and not list((tmp_path / "flower_data").iterdir())
 
@@ -488,7 +485,7 @@ def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path,
                                             ({"flower_photos/a.txt": b"x"}, {"flower_photos/link": "/etc/passwd"})])
 def test_archives_that_escape_the_target_are_refused(tmp_path, members, links):
     archive = _archive(tmp_path / "evil.tgz", members, links)
-    with pytest.raises(cli.UsageError, match="refusing the archive"):
+    with pytest.raises(command_line.UsageError, match="refusing the archive"):
         flower_photos.extract_tar_safely(archive, tmp_path / "out" / "data")
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out" / "data").exists()
 
@@ -498,7 +495,7 @@ def test_archives_that_escape_the_target_are_refused(tmp_path, members, links):
 
 def test_an_epoch_whose_images_are_gone_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
     data = make_class_folders(tmp_path / "data", per_class=5)
-    real_evaluate = utils.evaluate
+    real_evaluate = loop.evaluate
 
     def evaluate_then_unmount(*args, **kwargs):  # the data folder disappears after epoch 1
         result = real_evaluate(*args, **kwargs)
@@ -506,7 +503,7 @@ def test_an_epoch_whose_images_are_gone_stops_the_run_and_keeps_the_last_good_ep
             data.rename(tmp_path / "moved")
         return result
 
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_unmount)
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_unmount)
     run = tmp_path / "runs" / "gone"
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "3", "--name", "gone")) == 1
     out, err = capsys.readouterr()
@@ -515,7 +512,7 @@ def test_an_epoch_whose_images_are_gone_stops_the_run_and_keeps_the_last_good_ep
     assert f"{data} is gone" in error and f"python train.py --resume {run}" in error and "--data-path" in error
     assert "epoch 2/3" not in out and [row["epoch"] for row in read_metrics(run)] == ["1"]
     assert load(run / "last.pth")["epoch"] == 1  # resumable from the last good epoch
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
     assert train.main(["--resume", str(run), "--data-path", str(tmp_path / "moved"), "--progress", "false"]) == 0
 
 
@@ -523,8 +520,8 @@ def test_an_epoch_that_read_no_image_is_never_the_best():
     run = type("Run", (), {})()
     run.args = train.build_parser().parse_args(["--weights", "none"])
     run.progress, run.folder = train.Progress(), type("Folder", (), {"writes": False})()
-    run.split, run.ddp = utils.DataSplit("data", ["a", "b"], ["x"] * 2, [0, 1]), Distributed()
-    empty = utils.EpochResult(0.0, 0.0, 0, 1.0, torch.zeros(2, 2, dtype=torch.int64))
+    run.split, run.ddp = loop.DataSplit("data", ["a", "b"], ["x"] * 2, [0, 1]), Distributed()
+    empty = loop.EpochResult(0.0, 0.0, 0, 1.0, torch.zeros(2, 2, dtype=torch.int64))
     train.end_of_epoch(run, 1, 0.01, empty, empty)
     assert run.progress.best_epoch == -1
 

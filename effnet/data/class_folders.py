@@ -8,7 +8,7 @@ datasets. No PyTorch here: evaluate.py lists its folders with this before any mo
 import os
 from dataclasses import dataclass, field
 
-from images import check_image_header, is_image_name
+from effnet.data.images import check_image_header, is_image_name
 
 SPLIT_FOLDERS = ("train", "val", "test")
 

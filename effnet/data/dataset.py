@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
 # Re-exported: the decoding helpers were importable from here before images.py existed.
-from images import IMAGE_EXTENSIONS, Preprocessing, is_image_name, normalize, open_image, oriented_size, \
+from effnet.data.images import IMAGE_EXTENSIONS, Preprocessing, is_image_name, normalize, open_image, oriented_size, \
     reduce_jpeg_decode, to_rgb  # noqa: F401
 
 

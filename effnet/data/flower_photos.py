@@ -6,8 +6,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from cli import UsageError
-from download import download_file
+from effnet.command_line import UsageError
+from effnet.download import download_file
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWER_PHOTOS_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
@@ -15,7 +15,7 @@ FLOWER_PHOTOS_BYTES = 228_813_984
 FLOWER_PHOTOS_URL_ENV = "FLOWER_PHOTOS_URL"  # a mirror of the archive (same bytes) for users who need one
 # 150 of the photos (30 per class, CC-BY 2.0, credits in its ATTRIBUTION.txt) ship with the project: for a first
 # try without any download, and for the tests and benchmarks
-FLOWER_SAMPLE = Path(__file__).resolve().parent / "data" / "flower_sample"
+FLOWER_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "flower_sample"  # ships in the repository
 QUICK_TRY = "python train.py --data-path data/flower_sample --weights none --image-size 96 --epochs 30 --recipe modern"
 
 def _check_archive_member(member: tarfile.TarInfo, target: Path) -> None:

@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
 
-from variants import MEAN, STD
+from effnet.variants import MEAN, STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_ASPECT_RATIO = 50  # wider than any panorama; at 50:1 a 600 px evaluation resize is still only 54 MB
@@ -243,3 +243,8 @@ class Preprocessing:
         """From the `image` settings a checkpoint or an exported model stores."""
         return cls(int(image["eval_resize"]), int(image["eval_crop"]), str(image.get("interpolation", "bicubic")),
                    tuple(image.get("mean", MEAN)), tuple(image.get("std", STD)), reduced_decode)
+
+    def to_settings(self) -> dict[str, object]:
+        """The `image` settings that from_settings reads back: what an export stores in its metadata."""
+        return {"eval_resize": self.resize, "eval_crop": self.crop, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std)}

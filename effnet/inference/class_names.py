@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from cli import UsageError
+from effnet.command_line import UsageError
 
 
 class ClassNamesError(UsageError):

@@ -7,7 +7,7 @@ evaluate.py and app.py all go through it. Importing this module does not import 
 backend is imported only when a checkpoint is opened with it.
 
 Backends: "torch" (torch_backend.py: any checkpoint or state_dict, Grad-CAM, bfloat16, CUDA), and
-"onnxruntime" / "openvino" (onnx_backend.py: an exported .onnx, or OpenVINO's .xml; no PyTorch, a faster
+"onnxruntime" / "openvino" (exported_backends.py: an exported .onnx, or OpenVINO's .xml; no PyTorch, a faster
 start and faster CPU inference). "auto" takes ONNX Runtime for an exported model, and for a checkpoint
 whose up-to-date export lies beside it (best.onnx beside best.pth); otherwise, or when the request needs
 PyTorch, the torch backend.
@@ -24,14 +24,13 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-import onnx_backend
-from class_names import ClassNamesError
-from cli import UsageError, check_device_name
-from images import Preprocessing
-from variants import variant_name
+from effnet.inference import exported_backends
+from effnet.inference.class_names import ClassNamesError
+from effnet.command_line import UsageError, check_device_name
+from effnet.data.images import Preprocessing
+from effnet.variants import variant_name
+from effnet.model_choices import BACKENDS, RUNS_DIR, is_imagenet, newest_checkpoint
 
-DEFAULT_RUNS_DIR = "runs"
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -69,15 +68,6 @@ class Prediction:
     error: str | None = None
 
 
-def newest_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, name_one: str = "pass --weights PATH") -> Path:
-    """best.pth of the most recently written run under `runs_dir`; `name_one` says how to give one instead."""
-    candidates = sorted(Path(runs_dir).glob("*/best.pth"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise UsageError(f"no trained checkpoint found under {runs_dir}/*/best.pth; train one with "
-                         f"'python train.py' or {name_one}")
-    return candidates[-1]
-
-
 def weights_or_newest(weights: str | os.PathLike | None) -> str | None:
     """`weights`, else the newest runs/*/best.pth, else None (Classifier.from_weights then says there is none):
     what a run will read, known before the output flags are checked."""
@@ -98,7 +88,7 @@ def model_files(weights: str | os.PathLike | None, class_indices: str | None) ->
     beside them (best.onnx beside best.pth, and the other way round), and the class names file, given or
     found (beside the weights, or here). The output flags must never name one of them."""
     found = []
-    if weights is not None and str(weights).lower() != "imagenet":
+    if weights is not None and not is_imagenet(weights):
         path = Path(weights)
         found.append((str(path), WEIGHTS_FILES.get(path.suffix.lower(), "the weights")))
         found += [(str(path.with_suffix(suffix)), what) for suffix, what in WEIGHTS_FILES.items()
@@ -124,7 +114,7 @@ def torch_only(weights: str | os.PathLike, device: Any, precision: str, gradient
         return f"--precision {precision}"
     if device is not None and not str(device).startswith("cpu"):
         return f"--device {device}"
-    if str(weights).lower() == "imagenet":
+    if is_imagenet(weights):
         return "--weights imagenet"
     return None
 
@@ -142,7 +132,7 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
         check_device_name(str(device))
     needs_torch = torch_only(weights, device, precision, gradients)
     suffix = Path(str(weights)).suffix.lower()
-    if suffix in onnx_backend.EXPORTED_SUFFIXES:
+    if suffix in exported_backends.EXPORTED_SUFFIXES:
         if backend == "torch" or needs_torch:
             raise UsageError(f"{weights} is an exported model, which ONNX Runtime or OpenVINO run; "
                              f"{needs_torch or '--backend torch'} needs the .pth checkpoint it came from")
@@ -150,7 +140,7 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
         if chosen == "onnxruntime" and suffix == ".xml":
             raise UsageError(f"{weights} is OpenVINO's format; use --backend openvino, or the .onnx with "
                              f"ONNX Runtime")
-        return onnx_backend.load(weights, chosen, model_name or "b0", class_indices)
+        return exported_backends.load(weights, chosen, model_name or "b0", class_indices)
     if backend != "torch" and needs_torch is None:
         exported = _export_of(weights, "onnxruntime" if backend == "auto" else backend, model_name or "b0",
                               class_indices, required=backend != "auto")
@@ -158,7 +148,7 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
             return exported
     elif backend in ("onnxruntime", "openvino"):
         raise UsageError(f"--backend {backend}: {needs_torch} needs the torch backend")
-    import torch_backend
+    from effnet.inference import torch_backend
 
     return torch_backend.load(weights, model_name, class_indices, device, precision)
 
@@ -167,8 +157,8 @@ def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, cla
                required: bool) -> Backend | None:
     """The up-to-date export beside a checkpoint (X.pth -> X.onnx) in `backend`. None where there is none:
     quietly if there is no file, with a note if there is one that cannot be used, unless `required`."""
-    exported = Path(checkpoint).with_suffix(".onnx")
-    if not onnx_backend.is_installed(backend):
+    exported = exported_backends.default_output(checkpoint)
+    if not exported_backends.is_installed(backend):
         if required:
             _note(f"--backend {backend}: {backend} is not installed (pip install {backend}); using PyTorch")
         return None
@@ -178,7 +168,7 @@ def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, cla
                              f"'python export.py {checkpoint}', or pass an .onnx as --weights")
         return None  # the torch backend reports a missing checkpoint
     try:
-        return onnx_backend.load(exported, backend, model_name, class_indices, checkpoint=checkpoint)
+        return exported_backends.load(exported, backend, model_name, class_indices, checkpoint=checkpoint)
     except ClassNamesError:  # about the names given, not the export: PyTorch would refuse them alike
         raise
     except UsageError as error:
@@ -200,7 +190,7 @@ class Classifier:
     def __init__(self, backend: Any, class_names: Sequence[str] | None = None, image: Mapping[str, Any] | None = None,
                  device: Any = None, precision: str = "float32", tta: bool = False) -> None:
         if hasattr(backend, "forward_features"):  # an EfficientNet: run it with the torch backend
-            import torch_backend
+            from effnet.inference import torch_backend
 
             names = class_names or [str(i) for i in range(backend.num_classes)]
             backend = torch_backend.TorchBackend(backend, names, image, device, precision)
@@ -318,7 +308,7 @@ class Classifier:
         if self._gradient_backend is not None:
             return True
         weights = self._opened_with and self._opened_with["weights"]
-        return bool(weights) and Path(str(weights)).suffix.lower() not in onnx_backend.EXPORTED_SUFFIXES
+        return bool(weights) and Path(str(weights)).suffix.lower() not in exported_backends.EXPORTED_SUFFIXES
 
 
 def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike | Image.Image,
@@ -351,7 +341,7 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
     add = parser.add_argument
     add("--weights", default=None,
         help=f"checkpoint, state_dict, or exported .onnx / OpenVINO .xml to {what} (default: the newest "
-             f"{DEFAULT_RUNS_DIR}/*/best.pth); 'imagenet' for torchvision's ImageNet weights")
+             f"{RUNS_DIR}/*/best.pth); 'imagenet' for torchvision's ImageNet weights")
     add("--backend", choices=BACKENDS, default="auto",
         help="what runs the model: 'auto' (default) takes ONNX Runtime for an .onnx, or for a checkpoint with "
              "an up-to-date export beside it (best.onnx beside best.pth), unless Grad-CAM, bfloat16 or a GPU "

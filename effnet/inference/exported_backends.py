@@ -1,7 +1,7 @@
 """Exported models without PyTorch: the ONNX Runtime and OpenVINO backends, and what an exported file says
 about itself.
 
-An .onnx written by this project (onnx_export.py) carries in its metadata everything a Classifier needs:
+An .onnx written by this project (onnx_conversion.py) carries in its metadata everything a Classifier needs:
 the class names, the variant, the evaluation preprocessing, and the size and sha256 of the checkpoint it
 was exported from, so a best.onnx left behind by a newer best.pth is caught instead of used. A plain .onnx
 from elsewhere works too, given class names (--class-indices, as for a bare state_dict) and the variant's
@@ -18,11 +18,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from class_names import find_class_names, replace_own_names
-from cli import UsageError
-from download import sha256_of
-from images import Preprocessing
-from variants import image_settings, variant_name
+from effnet.inference.class_names import find_class_names, replace_own_names
+from effnet.command_line import UsageError
+from effnet.download import sha256_of
+from effnet.data.images import Preprocessing
+from effnet.variants import image_settings, variant_name
 
 EXPORT_FORMAT = "efficientnet-tutorial-onnx/1"  # the "format" metadata entry of this project's exports
 EXPORTED_SUFFIXES = (".onnx", ".xml")  # ONNX, and OpenVINO's IR
@@ -80,13 +80,11 @@ class ModelCard:
     class_names_note: str | None = None  # where the names came from, when the user should know
 
 
-def metadata_entries(class_names: list[str], variant: str, image: Mapping[str, Any],
+def metadata_entries(class_names: list[str], variant: str, preprocessing: Preprocessing,
                      checkpoint: Mapping[str, Any] | None) -> dict[str, str]:
     """The metadata written into an export (string to string, as ONNX stores it)."""
     entries = {"format": EXPORT_FORMAT, "variant": variant, "class_names": json.dumps(list(class_names)),
-               "image": json.dumps({key: image[key] for key in ("eval_resize", "eval_crop", "interpolation",
-                                                                "mean", "std") if key in image}),
-               "output": "probabilities"}
+               "image": json.dumps(preprocessing.to_settings()), "output": "probabilities"}
     if checkpoint:
         entries["checkpoint"] = json.dumps(dict(checkpoint))
     return entries

@@ -2,7 +2,7 @@
 
 The exported graph is the inference model of the torch backend (BatchNorm folded into the convolutions)
 followed by a softmax, with a dynamic batch dimension; its metadata holds the class names, the variant, the
-evaluation preprocessing and the identity of the checkpoint it came from (onnx_backend.metadata_entries), so
+evaluation preprocessing and the identity of the checkpoint it came from (exported_backends.metadata_entries), so
 the file alone is enough to classify and a stale one is recognised. export.py is the command line around
 `export_checkpoint`; train.py calls `export_after_training` when a run ends.
 """
@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import onnx_backend
-import torch_backend
-from cli import UsageError
-from files import atomic_path
-from images import Preprocessing
-from onnx_backend import FORMATS, OPSET, default_output  # noqa: F401 (re-exported: they were defined here)
+from effnet.inference import exported_backends
+from effnet.inference import torch_backend
+from effnet.command_line import UsageError
+from effnet.atomic_files import atomic_path
+from effnet.data.images import Preprocessing
+from effnet.inference.exported_backends import FORMATS, OPSET, default_output  # noqa: F401 (re-exported: they were defined here)
 
 TOLERANCE = 1e-4  # the largest |difference| of any probability allowed between the export and PyTorch
 SYNTHETIC_IMAGES = 4  # checked when no real photos are given
@@ -119,30 +119,24 @@ def export_model(model: torch_backend.TorchBackend, output: str | os.PathLike, c
     """Write `model` to `output` (.onnx, or .xml + .bin for OpenVINO) once it matches PyTorch; else nothing."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    if fmt == "openvino" and not onnx_backend.is_installed("openvino"):
+    if fmt == "openvino" and not exported_backends.is_installed("openvino"):
         raise UsageError("--format openvino: openvino is not installed (pip install openvino)")
     output = Path(output)
-    identity = onnx_backend.checkpoint_identity(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None
-    metadata = onnx_backend.metadata_entries(model.class_names, model.variant or "b0", _image(model), identity)
+    identity = exported_backends.checkpoint_identity(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None
+    metadata = exported_backends.metadata_entries(model.class_names, model.variant or "b0", model.preprocessing, identity)
     images, real = check_images(model.preprocessing, photos)
     if fmt == "onnx":
         with atomic_path(output) as temporary:
             _write_onnx(model, temporary, metadata, opset)
-            return _checked(compare(onnx_backend.OnnxRuntimeBackend(temporary), model, images, real), output)
+            return _checked(compare(exported_backends.OnnxRuntimeBackend(temporary), model, images, real), output)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.stem}.") as folder:
         onnx_path, xml_path = Path(folder) / "model.onnx", Path(folder) / output.name
         _write_onnx(model, str(onnx_path), metadata, opset)
         _write_openvino(onnx_path, xml_path)
-        check = _checked(compare(onnx_backend.OpenVinoBackend(xml_path), model, images, real), output)
+        check = _checked(compare(exported_backends.OpenVinoBackend(xml_path), model, images, real), output)
         shutil.move(xml_path.with_suffix(".bin"), output.with_suffix(".bin"))  # the weights first, the
         shutil.move(xml_path, output)  # graph that names them last
     return check
-
-
-def _image(model: torch_backend.TorchBackend) -> dict[str, object]:
-    p = model.preprocessing
-    return {"eval_resize": p.resize, "eval_crop": p.crop, "interpolation": p.interpolation, "mean": list(p.mean),
-            "std": list(p.std)}
 
 
 def _write_openvino(onnx_path: Path, xml_path: Path) -> None:

@@ -11,17 +11,15 @@ import torch.nn.utils.fusion
 from PIL import Image
 from torch import nn
 
-from class_names import ClassNames, find_class_names, imagenet_class_names, read_class_names, replace_own_names
-from cli import UsageError
-from images import Preprocessing, normalize
+from effnet.inference.class_names import ClassNames, find_class_names, imagenet_class_names, read_class_names, replace_own_names
+from effnet.command_line import UsageError
+from effnet.data.images import Preprocessing, normalize
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
-from variants import image_settings
-from runtime import resolve_device
-from weights import WeightsError, bare_state_dict, checkpoint_header, identify_variant, is_checkpoint, load_weights, \
+from effnet.variants import image_settings
+from effnet.hardware import keep_freed_memory_for_reuse, resolve_device
+from effnet.model_choices import PRECISIONS, is_imagenet
+from effnet.pretrained import WeightsError, bare_state_dict, checkpoint_header, identify_variant, is_checkpoint, load_weights, \
     read_weights_file, strip_wrappers
-
-PRECISIONS = ("float32", "bfloat16")
-
 
 def fuse_batchnorm(model: EfficientNet) -> EfficientNet:
     """An inference-only copy of `model` with every BatchNorm folded into the convolution before it.
@@ -55,6 +53,7 @@ class TorchBackend:
         if precision not in PRECISIONS:
             raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(str(device) if device else None)  # refuses meta, absent GPUs, ...
+        keep_freed_memory_for_reuse()  # faster steps on Linux, for whichever program runs this backend
         self.model = model.eval().to(self.device)
         self.fast_model = fuse_batchnorm(self.model).to(memory_format=torch.channels_last)
         self.class_names = list(class_names)
@@ -105,7 +104,7 @@ def load(weights: str | os.PathLike, model_name: str | None = None, class_indice
          device: str | torch.device | None = None, precision: str = "float32") -> TorchBackend:
     """From this project's checkpoint (everything inside it), a bare state_dict plus class names (its variant
     `model_name`, by default the one its shapes show), or "imagenet" for torchvision's ImageNet weights."""
-    if str(weights).lower() == "imagenet":
+    if is_imagenet(weights):
         model = create_model(model_name or "b0", pretrained=True)
         return TorchBackend(model, imagenet_class_names(), device=device, precision=precision,
                             origin=f"torchvision's ImageNet weights for efficientnet_{model.variant}")

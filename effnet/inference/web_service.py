@@ -21,10 +21,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batching import BatchWorker, QueueFull
-from inference import Classifier
+from effnet.inference.batch_worker import BatchWorker, QueueFull
+from effnet.inference.classifier import Classifier
 
-WEB = Path(__file__).resolve().parent / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"  # web/ at the top of the repository
 # The page loads nothing from elsewhere; photos are shown from blob: URLs, Grad-CAM maps from data: URLs.
 PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'"
 MiB = 2**20
@@ -137,8 +137,8 @@ def decode_error(name: str, error: BaseException) -> tuple[int, str]:
 
 def overlay_uri(view: Image.Image, cam: Any) -> str:
     """The photo with its heat map as a PNG data: URI, as the run report inlines its images."""
-    import figures  # matplotlib's colour maps, loaded on the first Grad-CAM request only
-    from html_report import data_uri
+    from effnet.reports import figures  # matplotlib's colour maps, loaded on the first Grad-CAM request only
+    from effnet.reports.report_page import data_uri
 
     return data_uri(figures.cam_overlay(view, cam), "PNG")
 

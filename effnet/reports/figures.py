@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from files import write_bytes
+from effnet.atomic_files import write_bytes
 
 
 def _pyplot() -> Any:

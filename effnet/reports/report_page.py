@@ -18,11 +18,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-import metrics
-from evaluation import Evaluation
-from files import write_text
-from images import open_image, reduce_jpeg_decode, to_rgb
-from output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
+from effnet.reports import metrics
+from effnet.reports.scoring import Evaluation
+from effnet.atomic_files import write_text
+from effnet.data.images import open_image, reduce_jpeg_decode, to_rgb
+from effnet.output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
 
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
 GRAD_CAM_COUNT = 6  # Grad-CAM overlays for the worst few: each costs a forward and a backward pass
@@ -123,7 +123,7 @@ def thumbnail(path: str) -> Image.Image:
 
 def grad_cam_image(classifier: Any, path: str) -> Image.Image:
     """The network's view of the photo with the Grad-CAM overlay of its top class."""
-    import figures  # matplotlib's colour map
+    from effnet.reports import figures  # matplotlib's colour map
 
     view, cam, _ = classifier.grad_cam(path)
     return figures.cam_overlay(view, cam)

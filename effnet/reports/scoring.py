@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import metrics
-from figures import FIGURE_MARK
-from files import write_csv
-from output_paths import OutputKind, header_matches, marked_at_start
+from effnet.reports import metrics
+from effnet.reports.figures import FIGURE_MARK
+from effnet.atomic_files import write_csv
+from effnet.output_paths import OutputKind, header_matches, marked_at_start
 
 DEFAULT_TOP_K = 5
 PREDICTION_COLUMNS = ("path", "true", "predicted", "confidence", "correct", "true_rank")
@@ -110,7 +110,7 @@ def evaluate_images(classifier: Any, paths: Sequence[str], labels: Sequence[int]
 
 def write_files(evaluation: Evaluation, folder: str | os.PathLike, title: str) -> list[Path]:
     """predictions.csv, per_class.csv and confusion_matrix.png (titled `title`) in `folder`, created if needed."""
-    import figures  # matplotlib: only when figures are written
+    from effnet.reports import figures  # matplotlib: only when figures are written
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

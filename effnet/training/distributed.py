@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime import resolve_device
+from effnet.hardware import resolve_device
 
 
 @dataclass

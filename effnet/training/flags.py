@@ -11,8 +11,9 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
-from cli import UsageError, parse_bool, parse_variant
-from variants import VARIANTS
+from effnet.command_line import UsageError, parse_bool, parse_variant
+from effnet.model_choices import IMAGENET, RUNS_DIR
+from effnet.variants import VARIANTS
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
 MAX_IMAGE_SIZE = 2048  # pixels: over 3x B7's 600; training memory grows with its square, and few photos are larger
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
              f"--resume: where the run's images are now, if they moved)")
     add("--model", default="b0", type=parse_variant, metavar="{b0,...,b7}",
         help="EfficientNet variant, in any letter case (default b0)")
-    add("--weights", default="imagenet",
+    add("--weights", default=IMAGENET,
         help="initial weights: 'imagenet' (torchvision's, downloaded once), a .pth path (this project's "
              "checkpoint, a tutorial or torchvision state_dict), or 'none' to train from scratch")
     add("--freeze-layers", type=parse_bool, nargs="?", const=True, default=False, metavar="{true,false}",
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of each class held out for validation (default 0.2; not with a val/ folder)")
     add("--image-size", type=int, default=None,
         help="train and evaluation crop size (default: the variant's, from model.py); smaller is faster")
-    add("--output-dir", default="runs", help="where run folders are created (default runs/)")
+    add("--output-dir", default=RUNS_DIR, help=f"where run folders are created (default {RUNS_DIR}/)")
     add("--name", default=None, help="run folder name (default <date>-<time>-<variant>)")
     add("--resume", default=None, metavar="RUN",
         help="continue a run: its folder or its last.pth; the run's own settings are used, except how it "

@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cli import UsageError
-from distributed import all_reduce_sum, true_on_every_process
-from image_folders import ClassFolders, presplit_folders, scan_class_folders
-from images import IMAGE_EXTENSIONS
-from recipe import TrainingSteps
+from effnet.command_line import UsageError
+from effnet.training.distributed import all_reduce_sum, true_on_every_process
+from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders
+from effnet.data.images import IMAGE_EXTENSIONS
+from effnet.training.recipe import TrainingSteps
 
 DEFAULT_VAL_RATE = 0.2
 

@@ -2,7 +2,7 @@
 schedule, the loss (label smoothing, class weights), mixup/CutMix, the weight average (EMA), the augmentation,
 balanced sampling, early stopping and which epoch counts as best.
 
-The flags, the presets and their checks are in train_flags.py (no PyTorch there), re-exported here.
+The flags, the presets and their checks are in effnet/training/flags.py (no PyTorch there), re-exported here.
 """
 import argparse
 import copy
@@ -14,11 +14,11 @@ import torch
 import torchvision.transforms as T
 from torch import nn
 
-from my_dataset import TrainTransform
-# Re-exported: the recipe's settings lived here before train_flags.py held them.
-from train_flags import (ADAMW_LR, AUTO_AUGMENT_NAMES, BEST_METRICS, EMA_DECAY, PRESETS, RECORDED,  # noqa: F401
+from effnet.data.dataset import TrainTransform
+# Re-exported: the recipe's settings lived here before effnet/training/flags.py held them.
+from effnet.training.flags import (ADAMW_LR, AUTO_AUGMENT_NAMES, BEST_METRICS, EMA_DECAY, PRESETS, RECORDED,  # noqa: F401
                          TUTORIAL, WEIGHT_DECAY, build_parser_recipe, check_recipe, describe, fill_defaults, resolve)
-from weights import checkpoint_fields
+from effnet.pretrained import checkpoint_fields
 
 AUTO_AUGMENTS: Mapping[str, Callable[[], Callable] | None] = dict(zip(AUTO_AUGMENT_NAMES, (
     None, T.TrivialAugmentWide, T.RandAugment)))

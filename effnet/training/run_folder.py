@@ -6,7 +6,7 @@
 | last.pth (every epoch), best.pth (when validation improves), metrics.csv, curves.png, TensorBoard events | after each epoch |
 | confusion_matrix.png, per_class.csv, report.html, test/ (a test set's results, by best.pth) | when the run ends |
 
-Every file is written atomically (files.py), so a run killed at any moment resumes from its last epoch, and
+Every file is written atomically (atomic_files.py), so a run killed at any moment resumes from its last epoch, and
 a full disk stops the run with one line saying which checkpoint is intact and how to continue from it.
 """
 import argparse
@@ -17,18 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import figures
-import html_report
-import metrics
-from cli import UsageError
-from distributed import Distributed, broadcast_object
-from evaluation import Evaluation, evaluate_images, write_files
-from files import NoSpaceError, save_checkpoint, serialized_size, write_csv, write_json
-from image_folders import presplit_folders
-from inference import Classifier
-from utils import DataSplit
-from variants import VARIANTS
-from weights import WeightsError, checkpoint_header, read_weights_file
+from effnet.model_choices import BEST_CHECKPOINT, LAST_CHECKPOINT
+from effnet.reports import figures
+from effnet.reports import report_page
+from effnet.reports import metrics
+from effnet.command_line import UsageError
+from effnet.training.distributed import Distributed, broadcast_object
+from effnet.reports.scoring import Evaluation, evaluate_images, write_files
+from effnet.atomic_files import NoSpaceError, save_checkpoint, serialized_size, write_csv, write_json
+from effnet.data.class_folders import presplit_folders
+from effnet.inference.classifier import Classifier
+from effnet.training.loop import DataSplit
+from effnet.variants import VARIANTS
+from effnet.pretrained import WeightsError, checkpoint_header, read_weights_file
 
 # settings that may differ when a run is resumed: where and how fast it runs, not what it computes
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
@@ -42,7 +43,7 @@ MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", 
 def find_resume_checkpoint(resume: str) -> Path:
     path = Path(resume)
     if path.is_dir():
-        path = path / "last.pth"
+        path = path / LAST_CHECKPOINT
     if not path.is_file():
         is_run_folder = (path.parent / "split.json").is_file()
         hint = continue_hint(path.parent) if is_run_folder else "give a run folder or its last.pth"
@@ -55,12 +56,12 @@ def continue_hint(run_dir: Path, broken: Path | None = None) -> str:
     if not (run_dir / "split.json").is_file():  # a stray file, not a run's: no epoch of a run to speak of
         return (f"{run_dir} is not a run folder of train.py (it has no split.json); --resume takes a run folder "
                 f"or its last.pth")
-    for name in ("last.pth", "best.pth"):
+    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
         path = run_dir / name
         epoch = None if path == broken else saved_epoch(path)
         if epoch is None:
             continue
-        if name == "last.pth":
+        if name == LAST_CHECKPOINT:
             return f"{path} (epoch {epoch}) is intact: continue with python train.py --resume {run_dir}"
         return (f"{path} (epoch {epoch}) is intact: continue from it with python train.py --resume {path} "
                 f"(the epochs after {epoch} are trained again)")
@@ -217,8 +218,8 @@ class RunFolder:
             return
         try:  # best.pth first: last.pth, the one --resume reads, is never ahead of it
             if improved:
-                save_checkpoint(checkpoint, self.path / "best.pth")
-            save_checkpoint(checkpoint, self.path / "last.pth")
+                save_checkpoint(checkpoint, self.path / BEST_CHECKPOINT)
+            save_checkpoint(checkpoint, self.path / LAST_CHECKPOINT)
             write_csv(self.path / "metrics.csv", history)
             figures.plot_curves(history, self.path / "curves.png")
         except NoSpaceError as error:  # say how much the run needs, what survived, and how to go on
@@ -237,8 +238,8 @@ class RunFolder:
     def write_review(self, split: DataSplit, device: Any = None) -> tuple[Path, Evaluation | None]:
         """After the last epoch: best.pth's results on the test images (in test/, when there are any) and
         report.html, which shows its mistakes on the validation images. Returns (report path, test results)."""
-        best = read_weights_file(self.path / "best.pth")
-        classifier = Classifier.from_weights(self.path / "best.pth", device=device)
+        best = read_weights_file(self.path / BEST_CHECKPOINT)
+        classifier = Classifier.from_weights(self.path / BEST_CHECKPOINT, device=device)
         test = None
         if split.test_paths:
             test = evaluate_images(classifier, split.test_paths, split.test_labels)
@@ -250,17 +251,17 @@ class RunFolder:
                f"at random (--val-rate, --seed){'; test/ as given' if split.test_paths else ''}")
         data = {"data": os.path.abspath(split.root), "split": how,
                 "images": f"{split.describe()} in {len(split.classes)} classes"}
-        return html_report.write_run_report(self.path, best, data, validation, test, classifier), test
+        return report_page.write_run_report(self.path, best, data, validation, test, classifier), test
 
     def saved_so_far(self) -> str:
-        if (self.path / "last.pth").is_file():
+        if (self.path / LAST_CHECKPOINT).is_file():
             return f"{self.path / 'last.pth'} holds the last completed epoch"
         return "no epoch was completed, so no checkpoint was saved"
 
     def best_confusion(self) -> Any:
         """The confusion matrix saved with best.pth, or None."""
         try:
-            best = read_weights_file(self.path / "best.pth")
+            best = read_weights_file(self.path / BEST_CHECKPOINT)
             return best.get("confusion") if isinstance(best, dict) else None
         except WeightsError:  # missing or damaged: the run goes on, without the final confusion matrix
             return None

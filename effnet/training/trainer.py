@@ -1,5 +1,5 @@
 """A training run of train.py, step by step: the data split and loaders, the model, the epochs, and what is
-written when the run ends. train.py reads the command line (train_flags.py) and hands it here; this is the
+written when the run ends. train.py reads the command line (effnet/training/flags.py) and hands it here; this is the
 part that needs PyTorch.
 """
 import argparse
@@ -14,26 +14,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-import metrics
-import recipe
-import utils
-from cli import UsageError, report
-from distributed import Distributed, barrier, broadcast_buffers, init_distributed, shutdown
-from download import DownloadError
-from evaluation import DEFAULT_TOP_K, Evaluation, describe
-from inference import NonFiniteOutputError
-from flower_photos import QUICK_TRY, ensure_flower_photos
+from effnet.model_choices import BEST_CHECKPOINT, LAST_CHECKPOINT
+from effnet.reports import metrics
+from effnet.training import recipe
+from effnet.training import loop
+from effnet.command_line import UsageError, report
+from effnet.training.distributed import Distributed, barrier, broadcast_buffers, init_distributed, shutdown
+from effnet.download import DownloadError
+from effnet.reports.scoring import DEFAULT_TOP_K, Evaluation, describe
+from effnet.inference.classifier import NonFiniteOutputError
+from effnet.data.flower_photos import QUICK_TRY, ensure_flower_photos
 from model import create_model
-from my_dataset import EpochSampler, EvalTransform, LastBatchMerged, MyDataSet
-from onnx_export import export_after_training
-from output_paths import RunInputs, check_folder_target
-from runs import RunFolder, find_resume_checkpoint, new_run_dir, read_resume_checkpoint, read_saved_split, \
+from effnet.data.dataset import EpochSampler, EvalTransform, LastBatchMerged, MyDataSet
+from effnet.inference.onnx_conversion import export_after_training
+from effnet.output_paths import RunInputs, check_folder_target
+from effnet.training.run_folder import RunFolder, find_resume_checkpoint, new_run_dir, read_resume_checkpoint, read_saved_split, \
     resumed_args, resumed_data_root
-from runtime import default_workers, keep_freed_memory_for_reuse
-from train_flags import DEFAULT_DATA_PATH, check_args
-from utils import DataSplit
-from variants import image_settings
-from weights import WeightsError, load_weights
+from effnet.hardware import default_workers, keep_freed_memory_for_reuse
+from effnet.training.flags import DEFAULT_DATA_PATH, check_args
+from effnet.training.loop import DataSplit
+from effnet.variants import image_settings
+from effnet.pretrained import WeightsError, load_weights
 
 
 def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namespace, device: torch.device,
@@ -96,7 +97,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps: recipe.TrainingSteps  # loss, batch mixing, weight average
-    settings: utils.StepSettings
+    settings: loop.StepSettings
     folder: RunFolder
     progress: Progress
 
@@ -110,13 +111,13 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     ddp, device = init_distributed(args.device)
     if args.sync_bn and (device.type != "cuda" or not ddp.active):
         raise UsageError("--sync-bn needs CUDA processes under torchrun; leave it out here")
-    chosen_val_rate = "val_rate" in given or args.val_rate != utils.DEFAULT_VAL_RATE  # an error if pre-split
+    chosen_val_rate = "val_rate" in given or args.val_rate != loop.DEFAULT_VAL_RATE  # an error if pre-split
     split = load_split(args, resumed, ddp, args.val_rate if chosen_val_rate else None)
     raw_model = build_model(args, len(split.classes), resumed, ddp)
     model, eval_model = place_model(raw_model, args, device, ddp)
     optimizer, scheduler = recipe.build_optimizer(raw_model, args)
     steps = recipe.TrainingSteps.build(args, split.train_labels, len(split.classes), raw_model, device)
-    settings = utils.StepSettings.for_device(device, args.channels_last, args.amp)
+    settings = loop.StepSettings.for_device(device, args.channels_last, args.amp)
     if resumed is not None:
         folder, progress = resumed.folder, restore_progress(resumed, optimizer, scheduler, steps, settings, ddp)
     else:
@@ -171,7 +172,7 @@ def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distribut
             if ddp.is_main:
                 ensure_flower_photos(args.data_path)
             barrier()
-        split = utils.read_data(args.data_path, chosen_val_rate, args.seed, report=ddp.is_main)
+        split = loop.read_data(args.data_path, chosen_val_rate, args.seed, report=ddp.is_main)
     classes = split.classes
     if args.num_classes is not None and args.num_classes != len(classes):
         raise UsageError(f"--num_classes {args.num_classes}, but {args.data_path} has {len(classes)} "
@@ -223,7 +224,7 @@ def place_model(model: nn.Module, args: argparse.Namespace, device: torch.device
 
 def restore_progress(resumed: Resumed, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, steps: recipe.TrainingSteps,
-                     settings: utils.StepSettings, ddp: Distributed) -> Progress:
+                     settings: loop.StepSettings, ddp: Distributed) -> Progress:
     """Optimizer, schedule, weight-average and gradient-scaler state, and the history, as the stopped run
     left them."""
     checkpoint = resumed.checkpoint
@@ -260,11 +261,11 @@ def one_epoch(run: Run, epoch: int, loaders: tuple[DataLoader, DataLoader, Epoch
     torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout, stochastic depth, mixup: resumable
     lr = run.optimizer.param_groups[0]["lr"]
     show = args.progress and ddp.is_main
-    trained = utils.train_one_epoch(run.model, run.optimizer, train_loader, run.settings, epoch + 1, show, run.steps,
+    trained = loop.train_one_epoch(run.model, run.optimizer, train_loader, run.settings, epoch + 1, show, run.steps,
                                     smallest_batch=min(2, args.batch_size))
     check_images_read(run, epoch + 1, "training", trained.images, len(train_sampler) * ddp.world_size)
     broadcast_buffers(run.eval_model)  # every process evaluates what rank 0 saves
-    validated = utils.evaluate(run.eval_model, val_loader, run.settings, len(run.split.classes), progress=show)
+    validated = loop.evaluate(run.eval_model, val_loader, run.settings, len(run.split.classes), progress=show)
     check_images_read(run, epoch + 1, "validation", validated.images, len(run.split.val_paths))
     run.scheduler.step()
     end_of_epoch(run, epoch + 1, lr, trained, validated)
@@ -283,7 +284,7 @@ def run_epochs(run: Run) -> int:
     epoch = run.progress.next_epoch
 
     def resume() -> str | None:  # asked when the run stops: the epoch in progress may have been saved just now
-        return f"python train.py --resume {folder.path}" if (folder.path / "last.pth").is_file() else None
+        return f"python train.py --resume {folder.path}" if (folder.path / LAST_CHECKPOINT).is_file() else None
 
     try:
         for epoch in range(run.progress.next_epoch, args.epochs):
@@ -296,7 +297,7 @@ def run_epochs(run: Run) -> int:
         log(ddp, f"\ninterrupted in epoch {epoch + 1}; {folder.saved_so_far()}"
                  f"{f'. Continue with: {resume()}' if resume() else ''}")
         return 130
-    except utils.NonFiniteLossError as error:
+    except loop.NonFiniteLossError as error:
         log(ddp, f"error: {error}; stopped. {folder.saved_so_far()}. Lower --lr or check the data")
         return 1
     except ImagesLostError as error:
@@ -312,7 +313,7 @@ def run_epochs(run: Run) -> int:
     return 0
 
 
-def end_of_epoch(run: Run, epoch: int, lr: float, trained: utils.EpochResult, validated: utils.EpochResult) -> None:
+def end_of_epoch(run: Run, epoch: int, lr: float, trained: loop.EpochResult, validated: loop.EpochResult) -> None:
     """Record the epoch, keep the best model, write the run folder's files and print one line."""
     progress = run.progress
     progress.history.append({"epoch": epoch, "train_loss": trained.loss, "train_acc": trained.accuracy,
@@ -359,7 +360,7 @@ def finish(run: Run) -> int:
     if progress.best_confusion is None:
         return report(f"no epoch gave finite outputs in evaluation, so {run.folder.path} has no best.pth; train "
                       f"for more epochs (the first ones from scratch often overflow) or lower --lr", status=1)
-    best = run.folder.path / "best.pth"
+    best = run.folder.path / BEST_CHECKPOINT
     try:
         run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
         export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path

@@ -1,55 +1,28 @@
-"""What a careless or hostile user does to train.py and the layers below it (issue 15): a full disk, one
-class, float TIFFs, damaged split.json and checkpoints, absurd seeds, devices and image shapes, Ctrl-C early."""
+"""What a careless or hostile user does to train.py: a full disk, one class, damaged split.json and checkpoints,
+absurd seeds and devices, Ctrl-C early, non-finite outputs, random bytes given as a checkpoint."""
 import dataclasses
-import errno
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
-import files
-import figures
-import images
 import model as M
 import predict
-import runtime
+from effnet import hardware
 import train
-import utils
-import weights as W
-from cli import UsageError
-from conftest import train_args
+from effnet.training import loop
+from effnet import pretrained as W
+from effnet.command_line import UsageError
+from conftest import fails_with, load, one_error_line, train_args
 from imagegen import make_class_folders
-from inference import Classifier
-from my_dataset import EvalTransform, MyDataSet, TrainTransform
+from effnet.inference.classifier import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def fails_with(main, argv: list[str], capsys, *fragments: str, status: int = 2) -> str:
-    assert main(argv) == status
-    line = one_error_line(capsys.readouterr().err)
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
-
-
-# --- 1. a full disk -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -86,71 +59,9 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_spac
     assert load(run / "last.pth")["epoch"] == 2 and (run / "confusion_matrix.png").is_file()
 
 
-@pytest.fixture
-def disk_full_at_fsync(monkeypatch):
-    """Simulate a full disk: fsync reports ENOSPC (as file systems with delayed allocation do) and the disk
-    reports 1 kB free. Call the returned function to start failing; undo with the returned `stop`."""
-    real_fsync, real_usage = os.fsync, shutil.disk_usage
-    state = {"full": False}
-
-    def fsync(descriptor):
-        if state["full"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_fsync(descriptor)
-
-    def disk_usage(path):
-        usage = real_usage(path)
-        return usage._replace(free=1000) if state["full"] else usage
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
-    return state
-
-
-WRITERS = {
-    "checkpoint": (lambda path: files.save_checkpoint({"w": torch.ones(50_000)}, path), "last.pth"),
-    "json": (lambda path: files.write_json(path, {"classes": ["a"] * 30_000}), "split.json"),
-    "csv": (lambda path: files.write_csv(path, [{"epoch": i, "val_acc": 0.5} for i in range(10_000)]),
-            "metrics.csv"),
-    "figure": (lambda path: figures.plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5,
-                                                  "val_acc": 0.5, "lr": 0.01}], path), "curves.png"),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(WRITERS))
-def test_every_file_write_reports_a_full_disk_and_keeps_the_old_file(kind, tmp_path, disk_full_at_fsync):
-    write, name = WRITERS[kind]
-    target = tmp_path / name
-    target.write_bytes(b"the previous version")
-    disk_full_at_fsync["full"] = True
-    with pytest.raises(files.NoSpaceError) as caught:
-        write(target)
-    assert caught.value.filename == str(tmp_path)
-    assert caught.value.strerror.startswith(f"no space left for {name}: it needs ")
-    assert "and 1.0 kB are free; free at least" in caught.value.strerror
-    assert target.read_bytes() == b"the previous version"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
-
-
-def test_torch_save_failing_for_space_is_told_apart_from_other_failures(tmp_path, monkeypatch):
-    # torch.save reports a full disk as a RuntimeError without errno: the free space decides
-    def failing_save(obj, file, *args, **kwargs):
-        file.write(b"PK\x03\x04 part of a checkpoint")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
-
-    monkeypatch.setattr(torch, "save", failing_save)  # files.py imports torch where it saves
-    with pytest.raises(RuntimeError, match="unexpected pos") as caught:  # plenty of space: not a full disk
-        files.save_checkpoint({"w": torch.ones(10)}, tmp_path / "last.pth")
-    assert not isinstance(caught.value, files.NoSpaceError)
-    monkeypatch.setattr(files, "serialized_size", lambda value: shutil.disk_usage(tmp_path).free + 10**6)
-    with pytest.raises(files.NoSpaceError, match="no space left for last.pth"):
-        files.save_checkpoint({"w": torch.ones(10)}, tmp_path / "last.pth")
-    assert not list(tmp_path.iterdir())
-
-
 def test_a_simulated_full_disk_mid_run_keeps_the_checkpoint_and_resumes(tmp_path, monkeypatch, capsys,
                                                                          disk_full_at_fsync):
-    real_evaluate = utils.evaluate
+    real_evaluate = loop.evaluate
     calls = []
 
     def evaluate_then_fill_the_disk(*args, **kwargs):
@@ -158,7 +69,7 @@ def test_a_simulated_full_disk_mid_run_keeps_the_checkpoint_and_resumes(tmp_path
         disk_full_at_fsync["full"] = len(calls) == 2  # the disk fills up during epoch 2
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_fill_the_disk)
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_fill_the_disk)
     data = make_class_folders(tmp_path / "data", per_class=4)
     run = tmp_path / "runs" / "sim"
     args = train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "sim", "--model", "B0")  # any case
@@ -168,13 +79,10 @@ def test_a_simulated_full_disk_mid_run_keeps_the_checkpoint_and_resumes(tmp_path
     assert len((run / "metrics.csv").read_text().splitlines()) == 2  # header and epoch 1
 
     disk_full_at_fsync["full"] = False
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
     assert train.main(["--resume", str(run), "--progress", "false"]) == 0
     assert load(run / "last.pth")["epoch"] == 2
     assert [row.split(",")[0] for row in (run / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2"]
-
-
-# --- 2. one class; 7. the seed --------------------------------------------------------------------------------
 
 
 def test_a_single_class_is_refused_before_any_work(tmp_path, capsys):
@@ -196,84 +104,12 @@ def test_an_impossible_seed_is_refused_before_anything_is_written(seed, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-# --- 5. float TIFFs; pixel and shape caps ---------------------------------------------------------------------
-
-
-def float_tiff(path: Path, high: float = 1.0) -> Path:
-    """A 32-bit float grayscale TIFF: a left-to-right ramp from 0 to `high`."""
-    Image.fromarray(np.tile(np.linspace(0, high, 96, dtype=np.float32), (80, 1))).save(path)
-    return path
-
-
-def test_float_tiffs_in_0_to_1_are_scaled_not_black(tmp_path):
-    path = float_tiff(tmp_path / "scan.tif")
-    assert images.open_image(path).mode == "F"
-    rgb = np.asarray(images.to_rgb(images.open_image(path)))
-    assert rgb.shape == (80, 96, 3) and rgb[:, 0].max() == 0 and rgb[:, -1].min() == 255
-    assert abs(rgb.mean() - 127.5) < 1
-    for transform in (TrainTransform(64), EvalTransform(73, 64)):  # training and prediction see the ramp
-        tensor = transform(images.open_image(path))
-        assert tensor.shape == (3, 64, 64) and tensor.std() > 0.5
-    sixteen = tmp_path / "sixteen.png"  # 16-bit keeps its scaling
-    Image.fromarray((np.linspace(0, 65535, 96 * 80).reshape(80, 96)).astype(np.uint16)).save(sixteen)
-    assert np.asarray(images.to_rgb(images.open_image(sixteen))).max() == 255
-
-
-def test_float_tiffs_of_unknown_scale_are_refused_by_path(tmp_path, capsys):
-    path = float_tiff(tmp_path / "raw.tif", high=4000.0)
-    assert MyDataSet([str(path)], [0], EvalTransform(73, 64))[0] is None
-    assert f"skipping unreadable image {path} (UnsupportedImageError: 32-bit float pixels from 0 to 4000, " \
-           f"not within 0 ... 1" in capsys.readouterr().err
-
-
-def test_extreme_aspect_ratios_are_refused_before_decoding(tmp_path, monkeypatch, capsys):
-    strip = tmp_path / "strip.png"
-    Image.new("RGB", (20000, 1), (200, 30, 30)).save(strip)
-    assert strip.stat().st_size < 200
-
-    def no_decoding(self, *args, **kwargs):
-        raise AssertionError("decoded")
-
-    monkeypatch.setattr(Image.Image, "load", no_decoding)
-    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    with pytest.raises(images.UnsupportedImageError, match="20000 x 1 pixels: one side is more than 50 times"):
-        images.open_image(strip)
-    assert "UnsupportedImageError: 20000 x 1 pixels" in images.check_image_header(str(strip))
-    assert MyDataSet([str(strip)], [0], EvalTransform(73, 64))[0] is None
-    assert f"skipping unreadable image {strip} (UnsupportedImageError: 20000 x 1" in capsys.readouterr().err
-    with pytest.raises(images.UnsupportedImageError):  # an image handed over already opened, too
-        images.Preprocessing(73, 64).view(Image.new("RGB", (1, 60)))
-
-
 def test_the_split_leaves_out_a_strip_by_path(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     Image.new("RGB", (20000, 1)).save(data / "red" / "strip.png")
-    split = utils.read_split_data(data)
+    split = loop.read_split_data(data)
     assert str(data / "red" / "strip.png") not in split.train_paths + split.val_paths
     assert f"skipping unreadable image {data / 'red' / 'strip.png'}: UnsupportedImageError" in capsys.readouterr().err
-
-
-def test_over_the_pixel_limit_a_jpeg_is_decoded_reduced_and_others_refused(tmp_path, monkeypatch):
-    photo = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
-    Image.fromarray(photo).save(tmp_path / "big.jpg")
-    Image.fromarray(photo).save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 90 x 70 = 6,300 pixels is over it now
-    with images.open_image(tmp_path / "big.jpg") as opened:
-        assert images.to_rgb(opened).size == (45, 35)  # decoded at 1/2 scale, within the limit
-    assert EvalTransform(40, 32)(images.open_image(tmp_path / "big.jpg")).shape == (3, 32, 32)
-    with pytest.raises(Image.DecompressionBombError, match="90 x 70 = 6,300 pixels, over the limit of 4,000"):
-        images.open_image(tmp_path / "big.png")
-
-
-def test_a_jpeg_over_the_pixel_limit_still_decodes_as_small_as_the_crop_allows(tmp_path, monkeypatch):
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 120,000 pixels: at least 1/2 scale is needed
-    with images.open_image(tmp_path / "a.jpg") as opened:
-        images.reduce_jpeg_decode(opened, 300 / 40)  # a 40 px resize allows 1/4, more than the limit needs
-        assert images.to_rgb(opened).size == (100, 75)
-
-
-# --- 6. a damaged split.json; resume messages; hand-edited checkpoints ----------------------------------------
 
 
 @pytest.fixture
@@ -296,7 +132,7 @@ def test_a_damaged_split_json_is_one_clear_line(content, problem, run_copy, caps
 
 
 def test_a_missing_last_checkpoint_points_to_an_intact_best_one_that_resumes(tmp_path, monkeypatch, capsys):
-    real_evaluate = utils.evaluate
+    real_evaluate = loop.evaluate
     calls = []
 
     def evaluate_worse_in_epoch_2(*args, **kwargs):  # so that best.pth stays at epoch 1
@@ -304,10 +140,10 @@ def test_a_missing_last_checkpoint_points_to_an_intact_best_one_that_resumes(tmp
         result = real_evaluate(*args, **kwargs)
         return dataclasses.replace(result, accuracy=-0.5) if len(calls) == 2 else result
 
-    monkeypatch.setattr(utils, "evaluate", evaluate_worse_in_epoch_2)
+    monkeypatch.setattr(loop, "evaluate", evaluate_worse_in_epoch_2)
     data = make_class_folders(tmp_path / "data", per_class=4)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "r")) == 0
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
     run = tmp_path / "runs" / "r"
     assert load(run / "best.pth")["epoch"] == 1
     (run / "last.pth").unlink()
@@ -366,9 +202,6 @@ def test_hand_edited_training_fields_are_one_clear_line(run_copy, capsys):
     fails_with(train.main, ["--resume", str(run_copy)], capsys, "field 'args.epochs' is None")
 
 
-# --- devices, variants, workers, Ctrl-C -----------------------------------------------------------------------
-
-
 def test_the_meta_device_is_refused_in_one_line(trained_run, tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     fails_with(predict.main, [str(data / "red" / "000.jpg"), "--weights", str(trained_run / "best.pth"),
@@ -388,24 +221,24 @@ def test_model_names_in_any_case(capsys):
 
 def test_default_workers_count_only_the_cpus_this_process_may_use():
     # one usable CPU, as under `taskset -c 0` or a one-CPU container: one worker, and no DataLoader warning
-    code = ("import os, warnings, torch.utils.data as D, runtime\n"
+    code = ("import os, warnings, torch.utils.data as D; from effnet import hardware\n"
             "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-            "workers = runtime.default_workers(16)\n"
+            "workers = hardware.default_workers(16)\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
             "    warnings.simplefilter('always')\n"
             "    D.DataLoader(range(4), num_workers=workers).check_worker_number_rationality()\n"
             "print(workers, len(caught))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["1", "0"], result.stderr
-    assert runtime.usable_cpus() == len(os.sched_getaffinity(0))
+    assert hardware.usable_cpus() == len(os.sched_getaffinity(0))
 
 
 def test_ctrl_c_before_the_first_epoch_is_one_line_and_exit_130(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=3)
-    code = ("import sys, utils, train\n"
+    code = ("import sys, train\nfrom effnet.training import loop\n"
             "def interrupted(*args, **kwargs):\n"
             "    raise KeyboardInterrupt  # Ctrl-C while the images are being listed\n"
-            "utils.read_split_data = interrupted\n"
+            "loop.read_split_data = interrupted\n"
             f"sys.exit(train.main({train_args(data, tmp_path / 'runs')!r}))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
@@ -418,21 +251,21 @@ def test_an_epoch_with_non_finite_validation_outputs_is_never_the_best(tmp_path,
     # Early epochs from scratch can overflow in evaluation mode (the BatchNorm statistics lag behind the
     # weights): seen with 32 px images, batch 4, one epoch. Such weights classify nothing.
     data = make_class_folders(tmp_path / "data", per_class=6)
-    real_evaluate, calls = utils.evaluate, []
+    real_evaluate, calls = loop.evaluate, []
 
     def overflowing_first(*args, **kwargs):
         result = real_evaluate(*args, **kwargs)
         calls.append(result)
         return dataclasses.replace(result, loss=float("nan")) if len(calls) == 1 else result
 
-    monkeypatch.setattr(utils, "evaluate", overflowing_first)
+    monkeypatch.setattr(loop, "evaluate", overflowing_first)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "late")) == 0
     out = capsys.readouterr().out
     assert "epoch 1/2: " in out and "outputs not finite in evaluation, so not kept as best" in out
     assert "new best" in next(line for line in out.splitlines() if line.startswith("epoch 2/2"))
     assert torch.load(tmp_path / "runs" / "late" / "best.pth", weights_only=True)["best_epoch"] == 2
 
-    monkeypatch.setattr(utils, "evaluate",
+    monkeypatch.setattr(loop, "evaluate",
                         lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), loss=float("inf")))
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "1", "--name", "never")) == 1
     err = capsys.readouterr().err
@@ -440,24 +273,6 @@ def test_an_epoch_with_non_finite_validation_outputs_is_never_the_best(tmp_path,
                                 f"has no best.pth; train for more epochs (the first ones from scratch often overflow) "
                                 f"or lower --lr"]
     assert (tmp_path / "runs" / "never" / "last.pth").is_file() and not (tmp_path / "runs" / "never" / "best.pth").exists()
-
-
-def test_failed_atomic_writes_name_the_users_file_not_the_temporary_one(tmp_path, monkeypatch):
-    (tmp_path / "taken").mkdir()
-    with pytest.raises(IsADirectoryError) as raised:
-        files.write_text(tmp_path / "taken", "x")
-    assert raised.value.filename == str(tmp_path / "taken")
-
-    def refused(*args, dir=None, prefix="", suffix="", **kwargs):  # as in a folder that takes no new files
-        raise FileNotFoundError(2, "No such file or directory", os.path.join(dir, prefix + "abc123" + suffix))
-
-    monkeypatch.setattr(files.tempfile, "mkstemp", refused)
-    with pytest.raises(FileNotFoundError) as raised:
-        files.write_text(tmp_path / "report.html", "x")
-    assert raised.value.filename == str(tmp_path / "report.html")
-
-
-# --- issue 21: a file of random bytes given as a checkpoint ------------------------------------------------------
 
 
 def test_a_random_bytes_checkpoint_is_one_line_everywhere_without_pytorchs_warning(tmp_path, capsys):

@@ -14,17 +14,17 @@ import pytest
 import torch
 
 import export
-import inference
+from effnet.inference.classifier import Classifier, UsageError
 import model as M
-import onnx_backend
-import onnx_export
+from effnet.inference import exported_backends
+from effnet.inference import onnx_conversion
 import predict
-from images import images_under, open_image
-from my_dataset import EvalTransform
+from effnet.data.images import images_under, open_image
+from effnet.data.dataset import EvalTransform
 from test_predict import json_lines, val_images
 
 REPO = Path(__file__).resolve().parents[1]
-openvino_only = pytest.mark.skipif(not onnx_backend.is_installed("openvino"), reason="openvino is not installed")
+openvino_only = pytest.mark.skipif(not exported_backends.is_installed("openvino"), reason="openvino is not installed")
 EXPORTED_BACKENDS = ["onnxruntime", pytest.param("openvino", marks=openvino_only)]
 
 
@@ -52,13 +52,13 @@ def fails_with(argv: list[str], capsys, *fragments: str, program=predict) -> str
 def test_training_writes_a_checked_best_onnx_that_predict_uses_by_default(trained_run, capsys):
     exported = trained_run / "best.onnx"
     assert exported.is_file()
-    card = onnx_backend.OnnxRuntimeBackend(exported).card
+    card = exported_backends.OnnxRuntimeBackend(exported).card
     assert card.class_names == ["blue", "green", "red"] and card.variant == "b0"
     assert card.preprocessing.crop == 48 and card.outputs_probabilities  # the run's --image-size
-    assert onnx_backend.is_exported_from(card.checkpoint, trained_run / "best.pth")
+    assert exported_backends.is_exported_from(card.checkpoint, trained_run / "best.pth")
     paths, _ = val_images(trained_run)
-    fast = inference.Classifier.from_weights(trained_run / "best.pth")
-    slow = inference.Classifier.from_weights(trained_run / "best.pth", backend="torch")
+    fast = Classifier.from_weights(trained_run / "best.pth")
+    slow = Classifier.from_weights(trained_run / "best.pth", backend="torch")
     assert (fast.backend.name, slow.backend.name) == ("onnxruntime", "torch")
     batch = np.stack([fast.preprocess(p) for p in paths])
     answers, expected = fast.probabilities(batch), slow.probabilities(batch)
@@ -74,7 +74,7 @@ def test_export_program_checks_against_pytorch_on_photos(trained_run, tmp_path, 
     out = capsys.readouterr().out
     assert f"wrote {run / 'best.onnx'}" in out and "checked against PyTorch on" in out and " photos: " in out
     assert "max |probability difference|" in out and "same top-1 class for" in out
-    assert inference.Classifier.from_weights(run / "best.pth").backend.name == "onnxruntime"
+    assert Classifier.from_weights(run / "best.pth").backend.name == "onnxruntime"
 
 
 def test_a_bare_tutorial_state_dict_exports_with_its_variant_and_class_names(trained_run, tmp_path, capsys):
@@ -86,14 +86,14 @@ def test_a_bare_tutorial_state_dict_exports_with_its_variant_and_class_names(tra
     assert export.main([str(tmp_path / "model-29.pth"), "--model", "b0", "--class-indices",
                         str(tmp_path / "names.json")]) == 0
     assert "synthetic images" in capsys.readouterr().out
-    card = onnx_backend.OnnxRuntimeBackend(tmp_path / "model-29.onnx").card
+    card = exported_backends.OnnxRuntimeBackend(tmp_path / "model-29.onnx").card
     assert card.class_names == ["blue", "green", "red"] and card.preprocessing.crop == 224  # b0's own size
 
 
 def test_an_export_that_does_not_match_pytorch_leaves_the_old_file(trained_run, tmp_path, monkeypatch, capsys):
     run = copy_run(trained_run, tmp_path / "run")
     before = (run / "best.onnx").read_bytes()
-    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # no difference is small enough now
+    monkeypatch.setattr(onnx_conversion, "TOLERANCE", -1.0)  # no difference is small enough now
     fails_with([str(run / "best.pth")], capsys, "does not match PyTorch", "nothing was written", program=export)
     assert (run / "best.onnx").read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in trained_run.iterdir())  # no leftovers
@@ -112,7 +112,7 @@ def test_resume_of_a_finished_run_writes_its_missing_best_onnx(trained_run, tmp_
     (run / "best.onnx").unlink()
     assert train.main(["--resume", str(run)]) == 0
     assert f"wrote {run / 'best.onnx'}" in capsys.readouterr().out
-    assert onnx_backend.is_exported_from(onnx_backend.OnnxRuntimeBackend(run / "best.onnx").card.checkpoint,
+    assert exported_backends.is_exported_from(exported_backends.OnnxRuntimeBackend(run / "best.onnx").card.checkpoint,
                                          run / "best.pth")
 
 
@@ -134,13 +134,13 @@ def test_onnx_preprocessing_and_answers_equal_torch_on_every_flower_photo(traine
     """The trained colour model, on real photos: the same tensors as EvalTransform, and the same answers."""
     photos = list(images_under(flower_sample))
     assert len(photos) == 150
-    fast = inference.Classifier.from_weights(trained_run / "best.pth")
-    torch_path = inference.Classifier.from_weights(trained_run / "best.pth", backend="torch")
+    fast = Classifier.from_weights(trained_run / "best.pth")
+    torch_path = Classifier.from_weights(trained_run / "best.pth", backend="torch")
     assert fast.backend.name == "onnxruntime"
     settings = torch.load(trained_run / "best.pth", weights_only=True)["image"]
     transform = EvalTransform(settings["eval_resize"], settings["eval_crop"], settings["interpolation"])
-    others = [inference.Classifier.from_weights(trained_run / "best.onnx", backend="openvino")
-              ] if onnx_backend.is_installed("openvino") else []
+    others = [Classifier.from_weights(trained_run / "best.onnx", backend="openvino")
+              ] if exported_backends.is_installed("openvino") else []
     top_classes = set()
     for start in range(0, len(photos), 50):
         chunk = photos[start:start + 50]
@@ -161,8 +161,8 @@ def test_onnx_preprocessing_and_answers_equal_torch_on_every_flower_photo(traine
 def test_test_time_augmentation_averages_each_photo_and_its_mirror_image(trained_run, flower_sample, backend):
     photos = list(images_under(flower_sample))[::15]
     weights = trained_run / ("best.pth" if backend == "torch" else "best.onnx")
-    plain = inference.Classifier.from_weights(weights, backend=backend)
-    tta = inference.Classifier.from_weights(weights, backend=backend, tta=True)
+    plain = Classifier.from_weights(weights, backend=backend)
+    tta = Classifier.from_weights(weights, backend=backend, tta=True)
     batch = np.stack([plain.preprocess(p) for p in photos])
     mirrored = np.ascontiguousarray(batch[..., ::-1])
     expected = (plain.probabilities(batch) + plain.probabilities(mirrored)) / 2
@@ -199,7 +199,7 @@ def same_answers(first: list[dict], second: list[dict]) -> bool:
 def test_a_stale_best_onnx_is_never_used_silently(trained_run, tmp_path, capsys):
     run = copy_run(trained_run, tmp_path / "run")
     os.utime(run / "best.pth", (1, 1))  # as a copy that does not keep file times: the content still matches
-    assert inference.Classifier.from_weights(run / "best.pth").backend.name == "onnxruntime"
+    assert Classifier.from_weights(run / "best.pth").backend.name == "onnxruntime"
     checkpoint = torch.load(run / "best.pth", weights_only=True)
     checkpoint["model"]["classifier.1.bias"] += 1.0  # a newer best.pth, as a resumed run writes
     torch.save(checkpoint, run / "best.pth")
@@ -241,23 +241,23 @@ def test_corrupt_truncated_and_missing_onnx_files(trained_run, tmp_path, capsys)
     fails_with([photo, "--weights", str(tmp_path / "missing.onnx")], capsys, "does not exist")
     fails_with([photo, "--weights", str(tmp_path / "noise.onnx"), "--backend", "torch"], capsys,
                "is an exported model", "--backend torch")
-    with pytest.raises(inference.UsageError, match="unknown backend 'tensorflow'"):
-        inference.Classifier.from_weights(trained_run / "best.pth", backend="tensorflow")
+    with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
+        Classifier.from_weights(trained_run / "best.pth", backend="tensorflow")
 
 
 def test_requests_only_pytorch_can_serve_take_the_torch_backend(trained_run, capsys):
     best = str(trained_run / "best.pth")
-    assert inference.Classifier.from_weights(best, precision="bfloat16").backend.name == "torch"
-    assert inference.Classifier.from_weights(best, gradients=True).backend.name == "torch"
+    assert Classifier.from_weights(best, precision="bfloat16").backend.name == "torch"
+    assert Classifier.from_weights(best, gradients=True).backend.name == "torch"
     fails_with([val_images(trained_run)[0][0], "--weights", best, "--backend", "onnxruntime", "--cam"], capsys,
                "Grad-CAM (--cam) needs the torch backend")
-    fast = inference.Classifier.from_weights(best)
+    fast = Classifier.from_weights(best)
     view, cam, target = fast.grad_cam(val_images(trained_run)[0][0])  # opens the checkpoint with torch for it
     assert fast.backend.name == "onnxruntime" and cam.shape == view.size[::-1]
 
 
 def test_without_onnxruntime_prediction_falls_back_to_torch_with_a_note(trained_run, monkeypatch, capsys):
-    monkeypatch.setattr(onnx_backend, "is_installed", lambda backend: False)
+    monkeypatch.setattr(exported_backends, "is_installed", lambda backend: False)
     photo = val_images(trained_run)[0][0]
     status, results = run_json(capsys, photo, "--weights", str(trained_run / "best.pth"), "--backend", "onnxruntime")
     assert status == 0 and results[0]["predictions"]
@@ -306,7 +306,7 @@ def test_output_starts_before_the_input_is_all_found(trained_run, tmp_path):
     source = Path(val_images(trained_run)[0][0])
     for index in range(96):
         shutil.copy(source, tmp_path / f"{index:03d}{source.suffix}")
-    classifier = inference.Classifier.from_weights(trained_run / "best.pth")
+    classifier = Classifier.from_weights(trained_run / "best.pth")
     consumed = []
 
     def inputs():
@@ -385,7 +385,7 @@ def test_export_replaces_its_own_exports_but_nothing_else_unless_told(trained_ru
     fails_with([best], capsys, f"{foreign} exists and is not an export of this project; pass --overwrite",
                program=export)
     assert foreign.read_bytes() == b"an ONNX file from elsewhere"
-    assert export.main([best, "--overwrite"]) == 0 and onnx_backend.load(foreign).variant == "b0"
+    assert export.main([best, "--overwrite"]) == 0 and exported_backends.load(foreign).variant == "b0"
     photo = val_images(run)[0][0]
     (tmp_path / "photo.onnx").symlink_to(photo)
     before = Path(photo).read_bytes()

@@ -1,10 +1,10 @@
-"""batching.py: images queued together are scored together, each gets its own row, and failures stay contained."""
+"""batch_worker.py: images queued together are scored together, each gets its own row, and failures stay contained."""
 import threading
 
 import numpy as np
 import pytest
 
-from batching import BatchWorker, QueueFull
+from effnet.inference.batch_worker import BatchWorker, QueueFull
 
 
 class Recorder:

@@ -1,0 +1,3 @@
+"""Maintainers' measurements, run from the repository root as `python -m benchmarks.<name>` (see BENCHMARKS.md):
+speed (training and inference against torchvision and the tutorial), http_api (app.py under load), deployment
+(ONNX Runtime / OpenVINO against PyTorch), training_recipes (recipe options on real photos), gpu_check.sh."""
