@@ -268,10 +268,12 @@ def fingerprint_images(entries: Iterable[tuple[str, str, str]], root: str,
             (image.content, image.phash, image.error), reused = found, reused + 1
         elif image.error is None:
             todo.append(image)
-    workers = min(4, os.cpu_count() or 1)  # decoding releases the GIL: threads use every core
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1))  # decoding releases the GIL: threads use every core
+    try:
         for image, (content, phash, error) in zip(todo, pool.map(_fingerprint_or_error, [i.path for i in todo])):
             image.content, image.phash, image.error = content, phash, error
+    finally:  # on Ctrl-C, the photos not yet begun are not fingerprinted first
+        pool.shutdown(cancel_futures=True)
     return images, reused
 
 
