@@ -26,6 +26,7 @@ from effnet.inference.classifier import Classifier, NonFiniteOutputError, add_mo
     weights_or_newest
 from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
     generator_field, marked_at_start
+from effnet.data.duplicates import copies_of_training_photos
 
 PROGRAM = "evaluate.py"
 RECORD = "evaluated.json"  # in the output folder: which DIR and weights its results are of
@@ -165,6 +166,20 @@ def check_outputs(args: argparse.Namespace) -> None:
                     *((flag, path) for flag, path in (("--json", args.json), ("--report", args.report)) if path)])
 
 
+def warn_about_training_copies(weights: str, paths: list[str], shown: int = 10) -> None:
+    """Warn about the photos that are copies of photos the weights' run trained on (its split.json says which):
+    the model has seen them, so their scores flatter it."""
+    run_dir = Path(weights).parent
+    copies = copies_of_training_photos(run_dir, paths) if os.path.isfile(weights) else []
+    for photo, trained, bits in copies[:shown]:
+        kind = "the same picture as" if bits == 0 else f"a near-duplicate ({bits} bits apart) of"
+        print(f"warning: {one_line(photo)} is {kind} the training photo {one_line(trained)}", file=sys.stderr)
+    if copies:
+        more = f" ({len(copies) - shown} more not named)" if len(copies) > shown else ""
+        print(f"warning: {len(copies)} of the {len(paths)} photos are copies of photos {run_dir} trained on "
+              f"({run_dir / 'split.json'}){more}; their scores flatter the model", file=sys.stderr)
+
+
 def score_and_write(args: argparse.Namespace, classifier: Classifier, paths: list[str], labels: list[int]) -> int:
     """Score the photos, write the results and print the scores; the exit status."""
     try:
@@ -196,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         found = class_folders(args.directory)
         classifier = classifier_from_flags(args)
         paths, labels = labelled_images(found, classifier, classifier.backend.origin)
+        warn_about_training_copies(args.weights, paths)
         return score_and_write(args, classifier, paths, labels)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))

@@ -7,7 +7,8 @@
 
 Each run writes one folder (runs/<time>-<variant>/) with last.pth, best.pth, metrics.csv, curves.png,
 confusion_matrix.png, class_distribution.png, per_class.csv, report.html, class_indices.json, split.json,
-TensorBoard events, and test/ (the results on a pre-split dataset's test/ images).
+TensorBoard events, and test/ (the results on a pre-split dataset's test/ images); duplicates.csv and
+data_check.json (the copies among the images, checked before training) and label_issues.csv.
 """
 import sys
 from typing import Any

@@ -19,6 +19,7 @@ the rest; its only import from the top is `model`, the network.
         class_folders.py    scanning class-per-folder trees (and train/ val/ test/ splits)
         dataset.py          MyDataSet, the transforms, the epoch sampler
         flower_photos.py    the flower photos: download and the bundled sample
+        duplicates.py       the data check: exact and near copies, across classes and splits
       training/           train.py's run
         flags.py            train.py's flags, read and checked without PyTorch
         trainer.py          the run: data, model, epochs, resume, the end of a run
@@ -39,4 +40,5 @@ the rest; its only import from the top is `model`, the network.
         metrics.py          precision, recall, F1 from a confusion matrix
         figures.py          curves, confusion matrices, prediction figures
         report_page.py      report.html
+        label_issues.py     the labels a trained model doubts most
 """

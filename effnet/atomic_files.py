@@ -137,10 +137,11 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows of dicts with the same keys, the first row's keys as the header."""
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> None:
+    """Rows of dicts with the same keys; the header is `columns`, else the first row's keys (with `columns`,
+    a table without rows is its header alone)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())

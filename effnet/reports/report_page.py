@@ -27,6 +27,9 @@ from effnet.output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
 GRAD_CAM_COUNT = 6  # Grad-CAM overlays for the worst few: each costs a forward and a backward pass
 THUMBNAIL_SIZE = 200  # pixels, the longer side
+COPY_GROUPS_SHOWN = 30  # groups of copies from the data check; duplicates.csv lists them all
+COPIES_SHOWN = 3  # pictures of one group side by side
+LABEL_ISSUES_SHOWN = 24  # possible label errors; label_issues.csv lists them all
 REPORT_OUTPUT = OutputKind("a report of this project", marked_at_start(HTML_GENERATOR_TAG))  # (output_paths.py)
 
 STYLE = """
@@ -59,7 +62,7 @@ img.figure { max-width: 100%; height: auto; display: block; }
 
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 14px; }
 .gallery figure { margin: 0; border: 1px solid #e3e7ee; border-radius: 6px; padding: 8px; background: #fafbfc; }
-.gallery figure.with-cam { grid-column: span 2; }
+.gallery figure.with-cam, .gallery figure.copies { grid-column: span 2; }
 .pictures { display: flex; gap: 8px; justify-content: center; }
 .pictures img { width: 200px; height: 200px; object-fit: contain; background: #eef1f5; border-radius: 4px; }
 figcaption { font-size: 13px; margin-top: 6px; }
@@ -166,6 +169,53 @@ def gallery_html(evaluation: Evaluation, classifier: Any, what: str) -> str:
     return f'<p class="note">{note}</p><div class="gallery">{"".join(cards)}</div>'
 
 
+def _copies_card(group: Any, dropped: Mapping[str, str]) -> str:
+    """One group of copies: its pictures side by side, then kind, distance, what it breaks, and each member."""
+    pictures = "".join(_picture(lambda path=member.path: thumbnail(path), "copy") for member in
+                       group.members[:COPIES_SHOWN])
+    more = f" (the first {COPIES_SHOWN} of {len(group.members)} shown)" if len(group.members) > COPIES_SHOWN else ""
+    flags = [flag for flag, found in (("label conflict", len(group.classes) > 1),
+                                      ("train/val/test leakage", len(group.parts) > 1)) if found]
+    members = "".join(f'<br>{_text(member.class_name)} · {_text(member.part)} · '
+                      f'{"<span class=wrong>left out</span> · " if member.path in dropped else ""}'
+                      f'<span class="path">{_text(member.path)}</span>' for member in group.members)
+    return (f'<figure class="copies"><div class="pictures">{pictures}</div><figcaption><b>{_text(group.kind)}</b> '
+            f'copies{more}, distance {group.distance}{"".join(f" · <span class=wrong>{f}</span>" for f in flags)}'
+            f'{members}</figcaption></figure>')
+
+
+def copies_html(check: Any) -> str:
+    """The data check (effnet/data/duplicates.py): its summary, and its groups of copies, worst first."""
+    groups = check.worst_first()
+    shown = groups[:COPY_GROUPS_SHOWN]
+    if not groups:
+        return f'<p class="note">{_text(check.summary())}. No copies found.</p>'
+    cut = "" if len(shown) == len(groups) else f"; the first {len(shown)} are shown"
+    cards = "".join(_copies_card(group, check.dropped) for group in shown)
+    acted = (f"--drop-duplicates left {len(check.dropped)} of these images out of this run (split.json says why)"
+             if check.dropped else "train.py --drop-duplicates would leave them out of a run")
+    return (f'<p class="note">{_text(check.summary())}. duplicates.csv lists every group{cut}; {acted}.</p>'
+            f'<div class="gallery">{cards}</div>')
+
+
+def label_issues_html(issues: Sequence[Any], examined: int, accuracy: float, classes: int) -> str:
+    """The images whose given class best.pth finds least likely (effnet/reports/label_issues.py); `accuracy`,
+    best.pth's on the validation images, says how far to trust them."""
+    shown = issues[:LABEL_ISSUES_SHOWN]
+    note = (f"best.pth puts {len(issues)} of the {examined} images of the run in another class, at least as "
+            f"confidently as it recognises that class on its own images; least likely label first"
+            f"{'' if len(shown) == len(issues) else f', the first {len(shown)} shown'} (label_issues.csv lists them "
+            f"all). best.pth is right on {accuracy:.0%} of the validation images (guessing: {1 / classes:.0%}); a "
+            f"model trained briefly, or from scratch, doubts many right labels: these are photos to look at, not "
+            f"errors found.")
+    cards = "".join(f'<figure><div class="pictures">{_picture(lambda path=issue.path: thumbnail(path), "photo")}'
+                    f'</div><figcaption>given <b>{_text(issue.given)}</b> ({issue.given_probability:.1%}), best.pth '
+                    f'says <span class="wrong">{_text(issue.predicted)}</span> ({issue.predicted_probability:.1%}) · '
+                    f'{_text(issue.part)}<br><span class="path">{_text(issue.path)}</span></figcaption></figure>'
+                    for issue in shown)
+    return f'<p class="note">{note}</p>' + (f'<div class="gallery">{cards}</div>' if cards else "")
+
+
 def page_html(title: str, subtitle: str, highlights: Sequence[tuple[str, str]], sections: Sequence[Section]) -> str:
     nav = "".join(f'<a href="#{s.anchor}">{_text(s.title)}</a>' for s in sections)
     cards = "".join(f'<div class="card"><b>{_text(value)}</b><span>{_text(label)}</span></div>'
@@ -204,10 +254,12 @@ def run_facts(checkpoint: Mapping[str, Any], data: Mapping[str, str]) -> dict[st
 
 
 def write_run_report(run_dir: str | os.PathLike, checkpoint: Mapping[str, Any], data: Mapping[str, str],
-                     validation: Evaluation, test: Evaluation | None, classifier: Any) -> Path:
+                     validation: Evaluation, test: Evaluation | None, classifier: Any, data_check: Any = None,
+                     label_issues: tuple[Sequence[Any], int] | None = None) -> Path:
     """run_dir/report.html from the run folder's figures, best.pth's `checkpoint` (settings, best epoch and its
-    validation confusion matrix), `data` ({"data": folder, "images": counts, "split": how}), and best.pth's
-    results on the validation and test images."""
+    validation confusion matrix), `data` ({"data": folder, "images": counts, "split": how}), best.pth's
+    results on the validation and test images, and, when given, the data check before training and the
+    possible label errors (the issues, and how many images were examined)."""
     run_dir = Path(run_dir)
     classes, confusion = list(checkpoint["class_names"]), np.asarray(checkpoint["confusion"])
     best = metrics.summary(confusion)
@@ -225,6 +277,12 @@ def write_run_report(run_dir: str | os.PathLike, checkpoint: Mapping[str, Any], 
                 Section("per-class", "Per-class scores (validation, best epoch)", scores_table(classes, confusion)),
                 Section("misclassified", "Misclassified validation images", gallery_html(validation, classifier,
                                                                                          "validation"))]
+    if data_check is not None:
+        highlights.append(("groups of copies among the images", str(len(data_check.groups))))
+        sections.insert(3, Section("data-checks", "Data checks", copies_html(data_check)))
+    if label_issues is not None:
+        sections.append(Section("label-issues", "Possible label errors",
+                                label_issues_html(*label_issues, best["accuracy"], len(classes))))
     if test is not None:
         scores = test.scores(1)
         highlights.append(("test accuracy", f"{scores['accuracy']:.1%}"))

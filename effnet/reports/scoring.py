@@ -35,6 +35,7 @@ class ImageResult:
     predicted: int
     confidence: float  # the probability of the predicted class
     true_rank: int  # place of the true class in the ranking, 1 when it is the prediction
+    true_probability: float = float("nan")  # the probability the model gives the true class
 
     @property
     def correct(self) -> bool:
@@ -104,7 +105,8 @@ def evaluate_images(classifier: Any, paths: Sequence[str], labels: Sequence[int]
         order = np.argsort(-scored.probabilities, kind="stable")  # the ranking Classifier.rank shows
         evaluation.results.append(ImageResult(scored.source, int(label), int(order[0]),
                                               float(scored.probabilities[order[0]]),
-                                              int(np.flatnonzero(order == label)[0]) + 1))
+                                              int(np.flatnonzero(order == label)[0]) + 1,
+                                              float(scored.probabilities[label])))
     return evaluation
 
 

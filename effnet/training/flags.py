@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs under torchrun")
     add("--progress", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="show progress bars (default true)")
+    add("--check-data", nargs="?", const="", default=None, metavar="CSV",
+        help="check the data for copies (identical files, resized or recompressed copies, copies in two classes "
+             "or on both sides of the split the run would make) and exit without training; with CSV, also write "
+             "the groups of copies there (every run checks its data and writes duplicates.csv anyway)")
+    add("--drop-duplicates", action="store_true",
+        help="leave copies out of the run: every photo of a group of copies that spans classes, and all but one "
+             "(a validation or test one first) of any other group; split.json lists what was left out and why")
     build_parser_recipe(parser)
     return parser
 

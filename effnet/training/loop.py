@@ -38,6 +38,8 @@ class DataSplit:
     skipped: list[str] = field(default_factory=list)  # "path: reason" for each file left out
     test_paths: list[str] = field(default_factory=list)  # from a pre-split dataset's test/ folder
     test_labels: list[int] = field(default_factory=list)
+    # (path, label, part, why) of each image --drop-duplicates took out of the split
+    left_out: list[tuple[str, int, str, str]] = field(default_factory=list)
 
     def counts(self, labels: Sequence[int]) -> list[int]:
         counts = [0] * len(self.classes)
@@ -57,12 +59,29 @@ class DataSplit:
         return (("train", self.train_paths, self.train_labels), ("val", self.val_paths, self.val_labels),
                 ("test", self.test_paths, self.test_labels))
 
+    def images(self) -> list[tuple[str, str, str]]:
+        """(path, class name, part) of every image of the split, and of those left out of it."""
+        listed = [(path, self.classes[label], name) for name, paths, labels in self.parts()
+                  for path, label in zip(paths, labels)]
+        return listed + [(path, self.classes[label], part) for path, label, part, _ in self.left_out]
+
+    def leave_out(self, reasons: Mapping[str, str]) -> None:
+        """Take the images named in `reasons` (path -> why) out of the split, recording them in `left_out`."""
+        for name, paths, labels in self.parts():
+            pairs = list(zip(paths, labels))
+            self.left_out += [(path, label, name, reasons[path]) for path, label in pairs if path in reasons]
+            paths[:] = [path for path, _ in pairs if path not in reasons]
+            labels[:] = [label for path, label in pairs if path not in reasons]
+
     def to_json(self) -> dict[str, Any]:
         """The split with paths relative to the data root, so a moved dataset still resumes."""
         saved: dict[str, Any] = {"root": os.path.abspath(self.root), "classes": self.classes}
         for name, paths, labels in self.parts():
             if name != "test" or paths:
                 saved[name] = [[os.path.relpath(p, self.root), label] for p, label in zip(paths, labels)]
+        if self.left_out:
+            saved["left_out"] = [[os.path.relpath(path, self.root), label, part, why]
+                                 for path, label, part, why in self.left_out]
         return saved
 
     @staticmethod
@@ -81,6 +100,12 @@ class DataSplit:
                     isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
                     and type(pair[1]) is int and 0 <= pair[1] < len(classes) for pair in pairs):
                 return f"'{part}' must list [image path, class index] pairs"
+        left_out = saved.get("left_out", [])
+        if not isinstance(left_out, list) or not all(
+                isinstance(item, list) and len(item) == 4 and isinstance(item[0], str) and type(item[1]) is int
+                and 0 <= item[1] < len(classes) and item[2] in ("train", "val", "test") and isinstance(item[3], str)
+                for item in left_out):
+            return "'left_out' must list [image path, class index, part, reason] entries"
         return None
 
     @classmethod
@@ -90,6 +115,8 @@ class DataSplit:
             for relative, label in saved.get(name, []):
                 paths.append(os.path.join(root, relative))
                 labels.append(int(label))
+        split.left_out = [(os.path.join(root, relative), int(label), part, why)
+                          for relative, label, part, why in saved.get("left_out", [])]
         missing = [p for p in split.train_paths + split.val_paths + split.test_paths if not os.path.isfile(p)]
         if missing:
             raise UsageError(f"{len(missing)} images of the saved split are gone from {root} "

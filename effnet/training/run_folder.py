@@ -4,7 +4,9 @@
 |---|---|
 | class_indices.json, split.json, recipe.json, class_distribution.png | when the run starts |
 | last.pth (every epoch), best.pth (when validation improves), metrics.csv, curves.png, TensorBoard events | after each epoch |
+| data_check.json, duplicates.csv (the copies among the images) | when the run starts, and again when it resumes |
 | confusion_matrix.png, per_class.csv, report.html, test/ (a test set's results, by best.pth) | when the run ends |
+| label_issues.csv (the images whose label best.pth finds least likely) | when the run ends |
 
 Every file is written atomically (atomic_files.py), so a run killed at any moment resumes from its last epoch, and
 a full disk stops the run with one line saying which checkpoint is intact and how to continue from it.
@@ -30,10 +32,16 @@ from effnet.inference.classifier import Classifier
 from effnet.training.loop import DataSplit
 from effnet.variants import VARIANTS
 from effnet.pretrained import WeightsError, checkpoint_header, read_weights_file
+from effnet.data.duplicates import DUPLICATE_COLUMNS, DataCheck, check_images, describe_groups, \
+    read_saved_fingerprints, write_duplicates_csv
+from effnet.reports.label_issues import rank_label_issues, write_label_issues
+from effnet.output_paths import OutputKind, header_matches
 
 # settings that may differ when a run is resumed: where and how fast it runs, not what it computes
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
                     "sync_bn")
+DATA_CHECK = "data_check.json"  # the fingerprints of the run's images: a resumed run does not compute them again
+DUPLICATES_OUTPUT = OutputKind("a duplicates table of train.py", header_matches(",".join(DUPLICATE_COLUMNS)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,6 +175,39 @@ def resumed_data_root(requested: str | None, saved_split: Mapping[str, Any], sav
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The data check before training
+
+
+def check_data(args: argparse.Namespace, split: DataSplit, run_dir: Path | None, is_main: bool) -> DataCheck:
+    """The copies among the split's images (effnet/data/duplicates.py), summed up in one line; a resumed run
+    (`run_dir`) reuses its data_check.json. --drop-duplicates takes the copies out of a new run's split
+    (split.json keeps what and why); --check-data lists them, and writes its CSV, as the whole job."""
+    known = read_saved_fingerprints(run_dir / DATA_CHECK) if run_dir is not None else {}
+    check = broadcast_object(check_images(split.images(), split.root, known) if is_main else None)
+    leave_out = check.left_out(split.root)
+    if args.drop_duplicates and run_dir is None and leave_out:
+        split.leave_out(leave_out)
+        if not split.val_paths:
+            raise UsageError(f"{args.data_path}: with --drop-duplicates no image is left for validation")
+    check.dropped = {path: why for path, _, _, why in split.left_out}
+    if not is_main:
+        return check
+    if split.left_out:
+        note = f"; {len(split.left_out)} images left out (--drop-duplicates; split.json says why)"
+    else:
+        note = f"; --drop-duplicates would leave out {len(leave_out)} images" if leave_out else ""
+    if args.check_data is not None:  # the check is the job: its findings in full (training reports bad images)
+        for image in check.unreadable:
+            print(f"warning: skipping unreadable image {image.path} ({image.error})", file=sys.stderr)
+        print("\n".join(describe_groups(check)))
+        if args.check_data:
+            write_duplicates_csv(check, args.check_data)
+            note += f"; the groups are in {args.check_data}"
+    print(check.summary() + note, flush=True)
+    return check
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -212,6 +253,12 @@ class RunFolder:
                                         split.counts(split.val_labels), self.path / "class_distribution.png",
                                         split.counts(split.test_labels) if split.test_labels else None)
 
+    def write_data_check(self, check: DataCheck, root: str) -> None:
+        """data_check.json (every image's fingerprints, for --resume and evaluate.py) and duplicates.csv."""
+        if self.writes:
+            write_json(self.path / DATA_CHECK, check.to_json(root))
+            write_duplicates_csv(check, self.path / "duplicates.csv")
+
     def write_epoch(self, checkpoint: Mapping[str, Any], improved: bool, history: Sequence[Mapping[str, float]]) -> None:
         """best.pth (when improved), last.pth, metrics.csv, curves.png and TensorBoard scalars."""
         if not self.writes:
@@ -235,9 +282,11 @@ class RunFolder:
                                           title=f"validation, best epoch {best_epoch}")
             write_csv(self.path / "per_class.csv", metrics.table_rows(classes, confusion))
 
-    def write_review(self, split: DataSplit, device: Any = None) -> tuple[Path, Evaluation | None]:
-        """After the last epoch: best.pth's results on the test images (in test/, when there are any) and
-        report.html, which shows its mistakes on the validation images. Returns (report path, test results)."""
+    def write_review(self, split: DataSplit, device: Any = None,
+                     data_check: DataCheck | None = None) -> tuple[Path, Evaluation | None]:
+        """After the last epoch: best.pth's results on the test images (in test/, when there are any),
+        label_issues.csv (every image whose label best.pth doubts) and report.html, which shows its mistakes on
+        the validation images, those doubts and the data check's copies. Returns (report path, test results)."""
         best = read_weights_file(self.path / BEST_CHECKPOINT)
         classifier = Classifier.from_weights(self.path / BEST_CHECKPOINT, device=device)
         test = None
@@ -246,12 +295,19 @@ class RunFolder:
             if test.results:
                 write_files(test, self.path / "test", "test set, best.pth")
         validation = evaluate_images(classifier, split.val_paths, split.val_labels)
+        scored = {"train": evaluate_images(classifier, split.train_paths, split.train_labels), "val": validation,
+                  **({"test": test} if test is not None else {})}
+        issues = rank_label_issues(scored)
+        write_label_issues(issues, self.path / "label_issues.csv")
         folders = presplit_folders(split.root) or {}
         how = (f"as given by the {', '.join(name + '/' for name in folders)} folders" if "val" in folders else
                f"at random (--val-rate, --seed){'; test/ as given' if split.test_paths else ''}")
         data = {"data": os.path.abspath(split.root), "split": how,
                 "images": f"{split.describe()} in {len(split.classes)} classes"}
-        return report_page.write_run_report(self.path, best, data, validation, test, classifier), test
+        if split.left_out:
+            data["left out"] = f"{len(split.left_out)} copies (--drop-duplicates; split.json says why)"
+        return report_page.write_run_report(self.path, best, data, validation, test, classifier, data_check,
+                                            (issues, sum(len(e.results) for e in scored.values()))), test
 
     def saved_so_far(self) -> str:
         if (self.path / LAST_CHECKPOINT).is_file():

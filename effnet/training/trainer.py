@@ -35,6 +35,9 @@ from effnet.training.flags import DEFAULT_DATA_PATH, check_args
 from effnet.training.loop import DataSplit
 from effnet.variants import image_settings
 from effnet.pretrained import WeightsError, load_weights
+from effnet.data.duplicates import DataCheck
+from effnet.training.run_folder import DUPLICATES_OUTPUT, check_data
+from effnet.output_paths import check_file_target
 
 
 def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namespace, device: torch.device,
@@ -100,6 +103,7 @@ class Run:
     settings: loop.StepSettings
     folder: RunFolder
     progress: Progress
+    data_check: DataCheck | None = None  # the copies among the images, found before the first epoch
 
 
 def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
@@ -113,6 +117,9 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         raise UsageError("--sync-bn needs CUDA processes under torchrun; leave it out here")
     chosen_val_rate = "val_rate" in given or args.val_rate != loop.DEFAULT_VAL_RATE  # an error if pre-split
     split = load_split(args, resumed, ddp, args.val_rate if chosen_val_rate else None)
+    data_check = check_data(args, split, resumed.folder.path if resumed else None, ddp.is_main)
+    if args.check_data is not None:
+        return 0
     raw_model = build_model(args, len(split.classes), resumed, ddp)
     model, eval_model = place_model(raw_model, args, device, ddp)
     optimizer, scheduler = recipe.build_optimizer(raw_model, args)
@@ -123,8 +130,9 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     else:
         folder, progress = RunFolder.create(args.output_dir, args.name, args.model, ddp), Progress()
         folder.write_start(split, recipe.describe(args, split.classes, steps.class_weights))
+    folder.write_data_check(data_check, split.root)
     run = Run(args, ddp, split, image_settings(args.model, args.image_size), model, raw_model,
-              steps.evaluated(eval_model), optimizer, scheduler, steps, settings, folder, progress)
+              steps.evaluated(eval_model), optimizer, scheduler, steps, settings, folder, progress, data_check)
     log(ddp, f"{split.describe()} in {len(split.classes)} classes; efficientnet_{args.model} at "
              f"{run.images['train_size']} px on {device}"
              f"{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {folder.path}")
@@ -141,6 +149,9 @@ def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argpars
         if args.data_path is None:
             args.data_path = DEFAULT_DATA_PATH
         return recipe.resolve(args, given), None
+    if args.check_data is not None:  # a resumed run would take its saved settings, which check nothing
+        raise UsageError("--check-data checks a data folder without training; leave out --resume (a run's own "
+                         "check is in its duplicates.csv)")
     resume_path = find_resume_checkpoint(args.resume)
     checkpoint = read_resume_checkpoint(resume_path)
     saved_split = read_saved_split(resume_path.parent)
@@ -156,6 +167,13 @@ def check_run_place(args: argparse.Namespace) -> None:
     figures for photos), --output-dir must be a folder, and a --name must be free."""
     inputs = RunInputs()
     inputs.add_folder(args.data_path, "the data folder")
+    if args.check_data is not None:  # nothing trains: no run folder, perhaps a table of the copies
+        if args.check_data:  # every rule of output_paths.py; train.py has no --overwrite for someone else's file
+            check_file_target("--check-data", args.check_data, inputs, DUPLICATES_OUTPUT, overwrite=True)
+            if os.path.lexists(args.check_data) and not DUPLICATES_OUTPUT.recognise(args.check_data):
+                raise UsageError(f"{args.check_data} exists and is not {DUPLICATES_OUTPUT.description}; choose "
+                                 f"another --check-data file")
+        return
     check_folder_target("--output-dir", args.output_dir, inputs, {}, overwrite=False)
     if args.name:
         new_run_dir(args.output_dir, args.name, args.model)  # refuses a name that is taken
@@ -366,7 +384,7 @@ def finish(run: Run) -> int:
         export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
         print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
               f"{metrics.class_table(classes, progress.best_confusion)}")
-        report_path, test = run.folder.write_review(run.split, run.settings.device)
+        report_path, test = run.folder.write_review(run.split, run.settings.device, run.data_check)
     except KeyboardInterrupt:
         log(run.ddp, f"\ninterrupted after the last epoch, while writing the run's report; every epoch is saved "
                      f"({best}). Score it again with: python evaluate.py DIR --weights {best}")
