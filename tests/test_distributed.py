@@ -40,7 +40,9 @@ def test_two_processes_write_one_set_of_outputs(distributed_run):
     run = folders[0]
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("events")) == sorted(
         ["best.pth", "best.onnx", "last.pth", "metrics.csv", "curves.png", "confusion_matrix.png",
-         "class_distribution.png", "class_indices.json", "split.json", "per_class.csv", "report.html", "recipe.json"])
+         "class_distribution.png", "class_indices.json", "split.json", "per_class.csv", "report.html", "recipe.json",
+         "duplicates.csv", "data_check.json", "label_issues.csv"])
+    assert result.stdout.count("data check of 30 images") == 1  # rank 0 checks; the others take its result
     assert len(list(run.glob("events.out.tfevents.*"))) <= 1
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 reports
     assert "x 2 processes" in result.stdout
