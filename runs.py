@@ -29,6 +29,7 @@ from inference import Classifier
 from utils import DataSplit
 from variants import VARIANTS
 from weights import WeightsError, checkpoint_header, read_weights_file
+from effnet.reports.chance import chance_level
 
 # settings that may differ when a run is resumed: where and how fast it runs, not what it computes
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
@@ -220,7 +221,7 @@ class RunFolder:
                 save_checkpoint(checkpoint, self.path / "best.pth")
             save_checkpoint(checkpoint, self.path / "last.pth")
             write_csv(self.path / "metrics.csv", history)
-            figures.plot_curves(history, self.path / "curves.png")
+            figures.plot_curves(history, self.path / "curves.png", chance_level(len(checkpoint["class_names"])))
         except NoSpaceError as error:  # say how much the run needs, what survived, and how to go on
             peak = 3 * serialized_size(dict(checkpoint))  # best.pth, last.pth and the new one before it replaces either
             raise NoSpaceError(error.errno, f"{error.strerror} (the run's checkpoints need {peak / 1e6:.1f} MB in "
@@ -234,9 +235,11 @@ class RunFolder:
                                           title=f"validation, best epoch {best_epoch}")
             write_csv(self.path / "per_class.csv", metrics.table_rows(classes, confusion))
 
-    def write_review(self, split: DataSplit, device: Any = None) -> tuple[Path, Evaluation | None]:
+    def write_review(self, split: DataSplit, device: Any = None,
+                     used: Mapping[str, str] | None = None) -> tuple[Path, Evaluation | None]:
         """After the last epoch: best.pth's results on the test images (in test/, when there are any) and
-        report.html, which shows its mistakes on the validation images. Returns (report path, test results)."""
+        report.html, which shows its mistakes on the validation images; `used`: what the flags left to the
+        machine came to (training.settings_used). Returns (report path, test results)."""
         best = read_weights_file(self.path / "best.pth")
         classifier = Classifier.from_weights(self.path / "best.pth", device=device)
         test = None
@@ -250,7 +253,7 @@ class RunFolder:
                f"at random (--val-rate, --seed){'; test/ as given' if split.test_paths else ''}")
         data = {"data": os.path.abspath(split.root), "split": how,
                 "images": f"{split.describe()} in {len(split.classes)} classes"}
-        return html_report.write_run_report(self.path, best, data, validation, test, classifier), test
+        return html_report.write_run_report(self.path, best, data, validation, test, classifier, used), test
 
     def saved_so_far(self) -> str:
         if (self.path / "last.pth").is_file():
