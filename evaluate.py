@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from cli import UsageError, one_line, report
+from cli import ArgumentParser
 from evaluation import DEFAULT_TOP_K, RESULT_FILES, Evaluation, describe, evaluate_images, write_files
 from files import write_json
 from image_folders import ClassFolders, presplit_folders, scan_class_folders
@@ -34,20 +35,22 @@ OUTPUT_FILES = {**RESULT_FILES, RECORD: OutputKind(f"a record of {PROGRAM}", JSO
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
     add_model_flags(parser, "evaluate")
     add("--top-k", type=int, default=DEFAULT_TOP_K,
-        help=f"also count a photo right when its class is among the top k (default {DEFAULT_TOP_K})")
+        help=f"also count a photo right when its class is among the top k, shown when k is below the number of "
+             f"classes (default {DEFAULT_TOP_K})")
     add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
     add("--output-dir", default=None,
         help="where predictions.csv, per_class.csv, confusion_matrix.png and evaluated.json go (default "
              "evaluations/<DIR name>/, or <DIR name>-2/ ... when that one holds another folder's results)")
-    add("--json", default=None, metavar="FILE", help="also write every score and the confusion matrix as JSON")
+    add("--json", default=None, metavar="FILE",
+        help="also write every score and the confusion matrix as JSON (default: none)")
     add("--report", default=None, metavar="FILE",
         help="also write a self-contained HTML report (scores, confusion matrix, misclassified photos with "
-             "Grad-CAM), to open in a browser")
+             "Grad-CAM), to open in a browser (default: none)")
     add("--overwrite", action="store_true",
         help="let the outputs replace existing files that evaluate.py did not write (default: refuse; its own "
              "earlier results are replaced anyway, the photos, weights and class names never are)")

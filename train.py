@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from cli import report
+from cli import UsageError
 # The flags are read before PyTorch is imported (train_flags.py has none of it); the run itself is training.py.
 from train_flags import DEFAULT_DATA_PATH, build_parser, check_args, given_flags  # noqa: F401 (re-exported)
 
@@ -20,6 +21,11 @@ from train_flags import DEFAULT_DATA_PATH, build_parser, check_args, given_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = given_flags(argv)
+    if not args.resume:  # a resumed run keeps its own settings, checked once they are read
+        try:
+            check_args(args)  # impossible values: one line at once, not after PyTorch's seconds of importing
+        except UsageError as error:
+            return report(str(error))
     try:
         import training  # PyTorch and torchvision: seconds to import, and a Ctrl-C meanwhile is one line too
     except KeyboardInterrupt:
