@@ -20,13 +20,14 @@ from typing import Any
 
 from effnet.command_line import UsageError, report
 from effnet.inference.classifier import add_model_flags, classifier_from_flags, newest_checkpoint
+from effnet.command_line import ArgumentParser
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MiB = 2**20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add_model_flags(parser, "serve")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "

@@ -22,6 +22,7 @@ from effnet.reports.scoring import DEFAULT_TOP_K, RESULT_FILES, Evaluation, desc
 from effnet.atomic_files import write_json
 from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders
 from effnet.data.images import IMAGE_EXTENSIONS
+from effnet.command_line import ArgumentParser
 from effnet.inference.classifier import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
     weights_or_newest
 from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
@@ -35,20 +36,22 @@ OUTPUT_FILES = {**RESULT_FILES, RECORD: OutputKind(f"a record of {PROGRAM}", JSO
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
     add_model_flags(parser, "evaluate")
     add("--top-k", type=int, default=DEFAULT_TOP_K,
-        help=f"also count a photo right when its class is among the top k (default {DEFAULT_TOP_K})")
+        help=f"also count a photo right when its class is among the top k, shown when k is below the number of "
+             f"classes (default {DEFAULT_TOP_K})")
     add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
     add("--output-dir", default=None,
         help="where predictions.csv, per_class.csv, confusion_matrix.png and evaluated.json go (default "
              "evaluations/<DIR name>/, or <DIR name>-2/ ... when that one holds another folder's results)")
-    add("--json", default=None, metavar="FILE", help="also write every score and the confusion matrix as JSON")
+    add("--json", default=None, metavar="FILE",
+        help="also write every score and the confusion matrix as JSON (default: none)")
     add("--report", default=None, metavar="FILE",
         help="also write a self-contained HTML report (scores, confusion matrix, misclassified photos with "
-             "Grad-CAM), to open in a browser")
+             "Grad-CAM), to open in a browser (default: none)")
     add("--overwrite", action="store_true",
         help="let the outputs replace existing files that evaluate.py did not write (default: refuse; its own "
              "earlier results are replaced anyway, the photos, weights and class names never are)")

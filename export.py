@@ -24,6 +24,7 @@ from effnet.inference.classifier import model_files, newest_checkpoint
 from effnet.inference.exported_backends import EXPORT_FORMAT, EXPORTED_SUFFIXES, FORMATS, OPSET, default_output
 from effnet.output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
 from effnet.variants import variant_name
+from effnet.command_line import ArgumentParser
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
 MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
@@ -34,7 +35,7 @@ OPENVINO_WEIGHTS_OUTPUT = OutputKind("the weights of an export of this project",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("weights", nargs="?", default=None,
         help="this project's checkpoint, or a bare tutorial / torchvision state_dict (default: the newest "
@@ -65,13 +66,21 @@ def max_opset() -> int:
 
 
 def parse_opset(text: str) -> int:
+    """--opset while the flags are read, without PyTorch: a whole number, MIN_OPSET or newer (check_opset
+    asks PyTorch for the newest it writes once it is imported)."""
     try:
         value = int(text)
     except ValueError:
         value = None
-    if value is None or not MIN_OPSET <= value <= max_opset():  # PyTorch is imported only when --opset is given
-        raise argparse.ArgumentTypeError(f"{text}: choose an opset from {MIN_OPSET} to {max_opset()}")
+    if value is None or value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"{text}: choose an opset from {MIN_OPSET} to the newest this PyTorch writes")
     return value
+
+
+def check_opset(opset: int) -> None:
+    if opset > max_opset():
+        raise UsageError(f"--opset {opset}: choose an opset from {MIN_OPSET} to {max_opset()}, the newest this "
+                         f"PyTorch writes")
 
 
 def check_photos(arguments: list[str]) -> list[str]:
@@ -131,6 +140,7 @@ def export(args: argparse.Namespace) -> int:
         raise UsageError(f"--images {' '.join(args.images)}: no image files there")
     from effnet.inference.onnx_conversion import export_checkpoint  # PyTorch: seconds to import
 
+    check_opset(args.opset)
     output, check = export_checkpoint(weights, output, args.model and variant_name(args.model), args.class_indices,
                                       photos, args.format, args.opset)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB), {check.summary()}")

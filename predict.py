@@ -10,7 +10,9 @@
 From a notebook:
 
     from predict import classify
-    classify(["rose.jpg", pil_image], "runs/20261128-101500-b0/best.pth")
+    classify("rose.jpg", "runs/20261128-101500-b0/best.pth")                # one photo: one ranking
+    # -> [("roses", 0.93), ("tulips", 0.04), ...]
+    classify(["rose.jpg", pil_image], "runs/20261128-101500-b0/best.pth")   # a list: a list of rankings
     # -> [[("roses", 0.93), ("tulips", 0.04), ...], ...]
 """
 import argparse
@@ -29,6 +31,7 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 from effnet.reports import figures
 from effnet.command_line import UsageError, one_line, printable, report
 from effnet.data.images import images_under, is_image_name
+from effnet.command_line import ArgumentParser
 # Re-exported for notebooks and scripts written against earlier versions of this file.
 from effnet.inference.classifier import (Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
                        add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
@@ -225,7 +228,7 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     add_model_flags(parser, "use")
@@ -233,17 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add("--precision", choices=PRECISIONS, default="float32",
         help="bfloat16 (torch backend) is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
-    add("--json", action="store_true", help="print one JSON object per image and line, as results come")
+    add("--json", action="store_true", help="print one JSON object per image and line, as results come (default: text)")
     add("--csv", default=None, metavar="FILE",
-        help="also write a row per image to FILE: image, class_1, probability_1, ... , error")
+        help="also write a row per image to FILE: image, class_1, probability_1, ... , error (default: none)")
     add("--save", default=None, metavar="OUT.png",
         help="write the photo with its top-k bar chart (OUT_<n>_<image>.png for several images; a FOLDER/ "
-             "gets one <image>_pred.png per image, <n>_<image>_pred.png for images of the same name)")
+             "gets one <image>_pred.png per image, <n>_<image>_pred.png for images of the same name; default: none)")
     add("--overwrite", action="store_true",
         help="let --csv, --save and --cam replace existing files that predict.py did not write (default: refuse; "
              "its own earlier tables and figures are replaced anyway, the run's inputs never are)")
-    add("--show", action="store_true", help="open the figure in a window, as the tutorial did")
-    add("--cam", action="store_true", help="also save a Grad-CAM heat map of where the network looked")
+    add("--show", action="store_true", help="open the figure in a window, as the tutorial did (default off)")
+    add("--cam", action="store_true", help="also save a Grad-CAM heat map of where the network looked (default off)")
     add("--cam-dir", default="gradcam", help="folder for Grad-CAM images without --save (default gradcam/)")
     return parser
 

@@ -17,11 +17,17 @@ from effnet.command_line import report
 # The flags are read before PyTorch is imported (effnet/training/flags.py has none of it); the run
 # itself is effnet/training/trainer.py.
 from effnet.training.flags import DEFAULT_DATA_PATH, build_parser, check_args, given_flags  # noqa: F401 (re-exported)
+from effnet.command_line import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = given_flags(argv)
+    if not args.resume:  # a resumed run keeps its own settings, checked once they are read
+        try:
+            check_args(args)  # impossible values: one line at once, not after PyTorch's seconds of importing
+        except UsageError as error:
+            return report(str(error))
     try:
         from effnet.training import trainer  # PyTorch and torchvision: seconds to import, and a Ctrl-C meanwhile is one line too
     except KeyboardInterrupt:

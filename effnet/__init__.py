@@ -38,6 +38,7 @@ the rest; its only import from the top is `model`, the network.
       reports/            scores and what a person reads
         scoring.py          scoring a folder of photos: predictions, per-class tables
         metrics.py          precision, recall, F1 from a confusion matrix
+        chance.py           whether a model learned anything: chance level, one answer for everything
         figures.py          curves, confusion matrices, prediction figures
         report_page.py      report.html
         label_issues.py     the labels a trained model doubts most

@@ -3,12 +3,22 @@ flags, and file names made printable on one line."""
 import argparse
 import re
 import sys
+from typing import NoReturn
 
 from effnet.variants import variant_name
 
 
 class UsageError(Exception):
     """Bad input from the user: the command-line programs print the message on one line and exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, reporting a bad flag the way the programs report every usage error: one `error:` line
+    on stderr and exit status 2 (argparse would print the whole usage first, and the program's name before
+    `error:`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {one_line(message)} (--help lists every flag)\n")
 
 
 def parse_bool(text: str) -> bool:

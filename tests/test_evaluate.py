@@ -133,11 +133,16 @@ def test_run_report_renders_every_section_in_chromium(flower_run, page, tmp_path
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
 
-def test_evaluation_report_renders_in_chromium(flower_run, page, tmp_path):
+def test_evaluation_report_renders_in_chromium(flower_run, page, tmp_path, capsys):
     test_dir = Path(json.loads((flower_run / "split.json").read_text())["root"]) / "test"
     report = tmp_path / "report.html"
     assert evaluate.main([str(test_dir), "--weights", str(flower_run / "best.pth"), "--output-dir",
-                          str(tmp_path / "eval"), "--report", str(report)]) == 0
+                          str(tmp_path / "eval"), "--report", str(report), "--json",
+                          str(tmp_path / "scores.json")]) == 0
+    # --top-k 5 (the default) of a 5-class model would always be 1: no top-k figure anywhere
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "top-5" not in out and "top-5" not in report.read_text()
+    assert "top_k" not in json.loads((tmp_path / "scores.json").read_text())
     gallery = _check_rendered_report(page, report, ("settings", "confusion", "per-class", "misclassified"))
     wrong = sum(row["correct"] == "0" for row in read_csv(tmp_path / "eval" / "predictions.csv"))
     assert (gallery["cards"], gallery["cams"]) == (wrong, min(wrong, 6))

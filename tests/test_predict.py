@@ -165,16 +165,18 @@ def test_notebook_function_takes_paths_pil_images_models_and_checkpoints(trained
     paths, _ = val_images(trained_run)
     from_path = predict.classify(paths[:2], trained_run / "best.pth")
     with Image.open(paths[0]) as image:
-        from_pil = predict.classify(image, str(trained_run / "best.pth"))
-    assert [name for name, _ in from_pil[0]] == [name for name, _ in from_path[0]]
-    assert [p for _, p in from_pil[0]] == pytest.approx([p for _, p in from_path[0]], abs=1e-6)
+        from_pil = predict.classify(image, str(trained_run / "best.pth"))  # one photo: one ranking
+    assert [name for name, _ in from_pil] == [name for name, _ in from_path[0]]
+    assert [p for _, p in from_pil] == pytest.approx([p for _, p in from_path[0]], abs=1e-6)
+    best = trained_run / "best.pth"
+    assert predict.classify(paths[:1], best) == [predict.classify(paths[0], best)]  # a list of one: a list of one
     assert [p for _, p in from_path[0]] == sorted((p for _, p in from_path[0]), reverse=True)
     model = M.model_from_checkpoint(trained_run / "best.pth")
     with_names = predict.classify(paths[0], model, class_names=["blue", "green", "red"], top_k=1)
-    assert len(with_names[0]) == 1 and with_names[0][0][0] in ("blue", "green", "red")  # at B0's 224 px
+    assert len(with_names) == 1 and with_names[0][0] in ("blue", "green", "red")  # at B0's 224 px
     image = torch.load(trained_run / "best.pth", weights_only=True)["image"]
     same_view = predict.Classifier(model, ["blue", "green", "red"], image)
-    assert predict.classify(paths[0], same_view)[0][0][0] == from_path[0][0][0]
+    assert predict.classify(paths[0], same_view)[0][0] == from_path[0][0][0]
     with pytest.raises(ValueError, match="cannot read"):
         predict.classify(["nope.jpg"], model)
 
@@ -205,7 +207,7 @@ def test_torchvision_layout_state_dict(trained_run, tmp_path, capsys):
     status, results = run_json(capsys, paths[0], "--weights", str(tmp_path / "tv.pth"), "--class-indices",
                                str(names))
     assert status == 0
-    expected = predict.classify(paths[0], model, class_names=["blue", "green", "red"])[0]
+    expected = predict.classify(paths[0], model, class_names=["blue", "green", "red"])
     assert results[0]["predictions"][0]["class"] == expected[0][0]
     assert results[0]["predictions"][0]["probability"] == pytest.approx(expected[0][1], abs=1e-5)
 

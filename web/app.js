@@ -73,7 +73,7 @@ function showError(card, message) {
 async function showGradCam(card, file) {
   const button = card.querySelector(".cam-button");
   button.disabled = true;
-  button.textContent = "Computing Grad-CAM…";
+  button.textContent = "Computing Grad\u2011CAM…";  // a non-breaking hyphen: the name stays on one line
   try {
     const answer = await postPhoto("/gradcam", file);
     const image = card.querySelector(".cam");
@@ -86,7 +86,7 @@ async function showGradCam(card, file) {
     button.hidden = true;
   } catch (error) {
     button.disabled = false;
-    button.textContent = "Show Grad-CAM";
+    button.textContent = "Show Grad\u2011CAM";
     showError(card, `Grad-CAM failed: ${error.message}`);
   }
 }

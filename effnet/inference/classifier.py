@@ -311,16 +311,21 @@ class Classifier:
         return bool(weights) and Path(str(weights)).suffix.lower() not in exported_backends.EXPORTED_SUFFIXES
 
 
+Ranking = list[tuple[str, float]]  # (class, probability) pairs, most likely first
+
+
 def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike | Image.Image,
              model: Any = None, top_k: int | None = None, class_names: Sequence[str] | None = None,
-             backend: str = "auto", tta: bool = False) -> list[list[tuple[str, float]]]:
-    """Ranked (class, probability) lists for photos (paths or PIL images) from a model or checkpoint.
+             backend: str = "auto", tta: bool = False) -> Ranking | list[Ranking]:
+    """The ranked (class, probability) list of one photo (a path or PIL image), or a list of them for a list
+    of photos, from a model or checkpoint.
 
     `model` is a Classifier, an EfficientNet (with `class_names`, else classes are named "0", "1", ...), a
     checkpoint or exported model's path, or None for the newest runs/*/best.pth; `backend` and `tta` as for
     Classifier.from_weights. Raises ValueError for an unreadable image.
     """
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    single = isinstance(images, (str, os.PathLike, Image.Image))
+    if single:
         images = [images]
     if isinstance(model, Classifier):
         classifier = model
@@ -332,7 +337,7 @@ def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLi
     failed = [r for r in results if r.error]
     if failed:
         raise ValueError(f"cannot read {failed[0].source}: {failed[0].error}")
-    return [r.ranked for r in results]
+    return results[0].ranked if single else [r.ranked for r in results]
 
 
 def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
@@ -354,7 +359,8 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
              "else here)")
     add("--device", default=None, help="cuda, cpu, ... for the torch backend (default: CUDA when available)")
     add("--tta", action="store_true",
-        help="test-time augmentation: average the answers for each image and its mirror image (2x the work)")
+        help="test-time augmentation: average the answers for each image and its mirror image (2x the work; "
+             "default off)")
 
 
 def classifier_from_flags(args: argparse.Namespace, **options: Any) -> "Classifier":

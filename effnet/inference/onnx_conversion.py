@@ -25,6 +25,7 @@ from effnet.command_line import UsageError
 from effnet.atomic_files import atomic_path
 from effnet.data.images import Preprocessing
 from effnet.inference.exported_backends import FORMATS, OPSET, default_output  # noqa: F401 (re-exported: they were defined here)
+from effnet.reports.chance import one_answer
 
 TOLERANCE = 1e-4  # the largest |difference| of any probability allowed between the export and PyTorch
 SYNTHETIC_IMAGES = 4  # checked when no real photos are given
@@ -42,11 +43,15 @@ class ExportCheck:
     real: bool  # photos (True) or synthetic images
     max_difference: float  # largest |probability difference| over all images and classes
     top1_agreement: int  # images whose top class is the same in both
+    one_class: str | None = None  # the class PyTorch gave every image, when it gave them all the same
 
     def summary(self) -> str:
         kind = "photos" if self.real else "synthetic images"
+        caveat = (f" (but PyTorch gives all {self.images} the same top class, {self.one_class!r}, so this agreement "
+                  f"proves nothing: a model that answers one class for everything agrees trivially)"
+                  if self.one_class is not None else "")
         return (f"checked against PyTorch on {self.images} {kind}: max |probability difference| "
-                f"{self.max_difference:.1e}, same top-1 class for {self.top1_agreement} of {self.images}")
+                f"{self.max_difference:.1e}, same top-1 class for {self.top1_agreement} of {self.images}{caveat}")
 
 
 class _Probabilities(nn.Module):
@@ -103,8 +108,10 @@ def check_images(preprocessing: Preprocessing, photos: Sequence[str | os.PathLik
 def compare(exported: object, reference: torch_backend.TorchBackend, images: np.ndarray, real: bool) -> ExportCheck:
     """Run both models on the same images and measure how far apart their probabilities are."""
     ours, theirs = exported.probabilities(images), reference.probabilities(images)
+    single = one_answer(np.bincount(theirs.argmax(1), minlength=theirs.shape[1]).tolist())
     return ExportCheck(len(images), real, float(np.abs(ours - theirs).max()),
-                       int((ours.argmax(1) == theirs.argmax(1)).sum()))
+                       int((ours.argmax(1) == theirs.argmax(1)).sum()),
+                       None if single is None else reference.class_names[single])
 
 
 def _checked(check: ExportCheck, path: Path) -> ExportCheck:

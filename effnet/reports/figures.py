@@ -86,12 +86,15 @@ def _save_figure(figure: Any, path: str | os.PathLike) -> None:
     _write_figure(figure, path, bbox_inches="tight")
 
 
-def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Loss, accuracy (and validation macro F1) and learning rate per epoch."""
-    _save_figure(curves_figure(history), path)
+def plot_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike, chance: float | None = None) -> None:
+    """Loss, accuracy (and validation macro F1) and learning rate per epoch; `chance`: the accuracy of guessing,
+    drawn as a line on the accuracy plot."""
+    _save_figure(curves_figure(history, chance), path)
 
 
-def curves_figure(history: Sequence[Mapping[str, float]]) -> Any:
+def curves_figure(history: Sequence[Mapping[str, float]], chance: float | None = None) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
     figure = new_figure((15, 4))
     axes = figure.subplots(1, 3)
@@ -105,8 +108,11 @@ def curves_figure(history: Sequence[Mapping[str, float]]) -> Any:
                 axis.plot(epochs, [row[key] for row in history], marker="o", label=key)
         if title == "loss" and _spans_decades(plotted):  # one early spike would flatten every other epoch
             axis.set_yscale("log")
+        if title.startswith("accuracy") and chance is not None:
+            axis.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no tick at 1.5
         axis.legend()
         axis.grid(alpha=0.3)
     return figure

@@ -23,6 +23,7 @@ from effnet.reports.scoring import Evaluation
 from effnet.atomic_files import write_text
 from effnet.data.images import open_image, reduce_jpeg_decode, to_rgb
 from effnet.output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
+from effnet.reports.chance import learned_nothing
 
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
 GRAD_CAM_COUNT = 6  # Grad-CAM overlays for the worst few: each costs a forward and a backward pass
@@ -69,6 +70,9 @@ figcaption { font-size: 13px; margin-top: 6px; }
 figcaption .wrong { color: #b42318; font-weight: 600; }
 figcaption .path { color: #5b6475; word-break: break-all; font-size: 12px; }
 .note { color: #5b6475; font-size: 13px; }
+.warning { background: #fff4e5; border: 1px solid #f5b971; border-left: 6px solid #d97706; border-radius: 8px;
+           color: #5c3a06; padding: 12px 18px; margin: 18px 0 0; }
+.warning b { color: #9a4a00; }
 """
 
 
@@ -216,15 +220,19 @@ def label_issues_html(issues: Sequence[Any], examined: int, accuracy: float, cla
     return f'<p class="note">{note}</p>' + (f'<div class="gallery">{cards}</div>' if cards else "")
 
 
-def page_html(title: str, subtitle: str, highlights: Sequence[tuple[str, str]], sections: Sequence[Section]) -> str:
+def page_html(title: str, subtitle: str, highlights: Sequence[tuple[str, str]], sections: Sequence[Section],
+              warning: str | None = None) -> str:
+    """The page; `warning`, when given, stands above everything else."""
     nav = "".join(f'<a href="#{s.anchor}">{_text(s.title)}</a>' for s in sections)
     cards = "".join(f'<div class="card"><b>{_text(value)}</b><span>{_text(label)}</span></div>'
                     for label, value in highlights)
+    banner = f'<p class="warning" role="alert"><b>warning:</b> {_text(warning)}</p>' if warning else ""
     body = "".join(f'<section id="{s.anchor}"><h2>{_text(s.title)}</h2>{s.body}</section>' for s in sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_GENERATOR_TAG}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_text(title)}</title>'
             f"<style>{STYLE}</style></head><body><header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p>"
-            f'<nav>{nav}</nav></header><main><div class="highlights">{cards}</div>{body}</main></body></html>\n')
+            f'<nav>{nav}</nav></header><main>{banner}<div class="highlights">{cards}</div>{body}</main>'
+            f'</body></html>\n')
 
 
 def _generated() -> str:
@@ -236,9 +244,22 @@ def _unreadable_html(evaluation: Evaluation) -> str:
     return f"<ul>{items}</ul>"
 
 
-def flags_tables(args: Mapping[str, Any]) -> str:
-    """train.py's flags as the run used them, in two side-by-side tables."""
-    flags = [(f"--{key.replace('_', '-')}", value) for key, value in args.items()]
+# What a flag left at None meant, where the run's resolved settings do not say (no raw "None" in the page)
+NONE_MEANS = {"device": "auto", "workers": "auto", "ema": "off", "early_stopping": "off", "resume": "no"}
+
+
+def flag_value(key: str, value: Any) -> str:
+    """A flag's value as a person reads it: on/off for yes/no flags, what None stood for."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return NONE_MEANS.get(key, "none") if value is None else str(value)
+
+
+def flags_tables(args: Mapping[str, Any], resolved: Mapping[str, Any] | None = None) -> str:
+    """train.py's flags as the run used them, in two side-by-side tables; `resolved` replaces the values that
+    the flags left open (the device chosen, the number of classes found, ...)."""
+    used = {**args, **{key: value for key, value in (resolved or {}).items() if key in args}}
+    flags = [(f"--{key.replace('_', '-')}", flag_value(key, value)) for key, value in used.items()]
     half = (len(flags) + 1) // 2
     return f'<h3>train.py flags</h3><div class="columns">{settings_table(dict(flags[:half]))}' \
            f'{settings_table(dict(flags[half:]))}</div>'
@@ -255,20 +276,24 @@ def run_facts(checkpoint: Mapping[str, Any], data: Mapping[str, str]) -> dict[st
 
 def write_run_report(run_dir: str | os.PathLike, checkpoint: Mapping[str, Any], data: Mapping[str, str],
                      validation: Evaluation, test: Evaluation | None, classifier: Any, data_check: Any = None,
-                     label_issues: tuple[Sequence[Any], int] | None = None) -> Path:
+                     label_issues: tuple[Sequence[Any], int] | None = None,
+                     used: Mapping[str, str] | None = None) -> Path:
     """run_dir/report.html from the run folder's figures, best.pth's `checkpoint` (settings, best epoch and its
     validation confusion matrix), `data` ({"data": folder, "images": counts, "split": how}), best.pth's
-    results on the validation and test images, and, when given, the data check before training and the
-    possible label errors (the issues, and how many images were examined)."""
+    results on the validation and test images, and, when given, the data check before training, the
+    possible label errors (the issues, and how many images were examined) and `used`: what the flags left to
+    the machine came to."""
     run_dir = Path(run_dir)
     classes, confusion = list(checkpoint["class_names"]), np.asarray(checkpoint["confusion"])
+    resolved = {"num_classes": len(classes), "image_size": (checkpoint.get("image") or {}).get("train_size"),
+                "name": run_dir.name, **(used or {})}
     best = metrics.summary(confusion)
     highlights = [(f"validation accuracy, best epoch {checkpoint['best_epoch']}", f"{best['accuracy']:.1%}"),
                   ("validation macro F1", f"{best['macro_f1']:.3f}"),
                   ("validation images misclassified",
                    f"{len(validation.misclassified())} of {len(validation.results)}")]
     sections = [Section("settings", "Settings", settings_table(run_facts(checkpoint, data))
-                        + flags_tables(checkpoint.get("args") or {})),
+                        + flags_tables(checkpoint.get("args") or {}, resolved)),
                 Section("curves", "Learning curves", figure_html(run_dir / "curves.png", "learning curves")),
                 Section("distribution", "Class distribution",
                         figure_html(run_dir / "class_distribution.png", "images per class")),
@@ -291,7 +316,8 @@ def write_run_report(run_dir: str | os.PathLike, checkpoint: Mapping[str, Any], 
         sections.append(Section("test", f"Test set ({scores['images']} images, best.pth)",
                                 f'<div class="figures">{figure}{scores_table(names, test_confusion)}</div>'
                                 + (_unreadable_html(test) if test.unreadable else "")))
-    page = page_html(f"Training run {run_dir.name}", f"{data['images']} · {_generated()}", highlights, sections)
+    page = page_html(f"Training run {run_dir.name}", f"{data['images']} · {_generated()}", highlights, sections,
+                     learned_nothing(confusion, classes))
     write_text(run_dir / "report.html", page)
     return run_dir / "report.html"
 
@@ -305,7 +331,8 @@ def write_evaluation_report(path: str | os.PathLike, title: str, settings: Mappi
     scores = evaluation.scores(top_k)
     names, confusion = evaluation.shown_confusion()
     highlights = [("accuracy", f"{scores['accuracy']:.1%}"),
-                  (f"top-{scores['top_k']} accuracy", f"{scores['top_k_accuracy']:.1%}"),
+                  *([(f"top-{scores['top_k']} accuracy", f"{scores['top_k_accuracy']:.1%}")] if "top_k" in scores
+                    else []),
                   ("macro F1", f"{scores['macro_f1']:.3f}"), ("images scored", str(scores["images"])),
                   ("unreadable images", str(len(evaluation.unreadable)))]
     sections = [Section("settings", "Settings", settings_table(settings)),

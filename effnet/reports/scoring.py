@@ -78,10 +78,11 @@ class Evaluation:
         return sorted((r for r in self.results if not r.correct), key=lambda r: -r.confidence)
 
     def scores(self, top_k: int) -> dict[str, Any]:
-        """Everything evaluate.py's --json holds, but for the images' paths (predictions.csv has those)."""
+        """Everything evaluate.py's --json holds, but for the images' paths (predictions.csv has those). Top-k
+        accuracy only when k is below the model's number of classes: with k classes or more it is always 1."""
         names, confusion = self.shown_confusion()
-        k = min(top_k, len(self.class_names))
-        return {**metrics.summary(confusion), "top_k": k, "top_k_accuracy": self.top_k_accuracy(k),
+        top = {"top_k": top_k, "top_k_accuracy": self.top_k_accuracy(top_k)} if top_k < len(self.class_names) else {}
+        return {**metrics.summary(confusion), **top,
                 "per_class": metrics.table_rows(names, confusion), "classes": names,
                 "confusion_matrix": confusion.tolist(),
                 "unreadable": [{"path": path, "error": error} for path, error in self.unreadable]}
@@ -125,9 +126,11 @@ def write_files(evaluation: Evaluation, folder: str | os.PathLike, title: str) -
 
 
 def describe(evaluation: Evaluation, top_k: int) -> str:
-    """Accuracy, top-k accuracy and the per-class table, as the programs print them."""
+    """Accuracy, top-k accuracy (when k is below the number of classes) and the per-class table, as the
+    programs print them."""
     scores = evaluation.scores(top_k)
     names, confusion = evaluation.shown_confusion()
-    return (f"accuracy {scores['accuracy']:.4f}, top-{scores['top_k']} accuracy {scores['top_k_accuracy']:.4f}, "
+    top = f"top-{scores['top_k']} accuracy {scores['top_k_accuracy']:.4f}, " if "top_k" in scores else ""
+    return (f"accuracy {scores['accuracy']:.4f}, {top}"
             f"macro F1 {scores['macro_f1']:.4f} on {scores['images']} images; per class:\n"
             f"{metrics.class_table(names, confusion)}")

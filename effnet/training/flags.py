@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from effnet.command_line import UsageError, parse_bool, parse_variant
 from effnet.model_choices import IMAGENET, RUNS_DIR
 from effnet.variants import VARIANTS
+from effnet.command_line import ArgumentParser
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
 MAX_IMAGE_SIZE = 2048  # pixels: over 3x B7's 600; training memory grows with its square, and few photos are larger
@@ -42,7 +43,7 @@ RECORDED = ("recipe", "epochs", "batch_size", "image_size", "freeze_layers", "op
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--num_classes", "--num-classes", type=int, default=None,
         help="number of classes; must equal the class folders found (default: however many there are)")
@@ -60,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="EfficientNet variant, in any letter case (default b0)")
     add("--weights", default=IMAGENET,
         help="initial weights: 'imagenet' (torchvision's, downloaded once), a .pth path (this project's "
-             "checkpoint, a tutorial or torchvision state_dict), or 'none' to train from scratch")
+             "checkpoint, a tutorial or torchvision state_dict), or 'none' to train from scratch (default imagenet)")
     add("--freeze-layers", type=parse_bool, nargs="?", const=True, default=False, metavar="{true,false}",
         help="train only the last conv and the classifier, keeping the frozen BatchNorm statistics fixed "
              "(default false, as in the tutorial: every layer trains)")
     add("--device", default=None, help="'cuda', 'cuda:1', 'cpu', ... (default: the first CUDA device, else CPU)")
     add("--workers", type=int, default=None,
         help="data-loading processes (default: min(CPUs this process may use, batch size, 8))")
-    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the augmentation")
+    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the augmentation (default 0)")
     add("--val-rate", type=float, default=0.2,
         help="fraction of each class held out for validation (default 0.2; not with a val/ folder)")
     add("--image-size", type=int, default=None,
@@ -77,16 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", default=None, metavar="RUN",
         help="continue a run: its folder or its last.pth; the run's own settings are used, except how it "
              "runs (--device, --workers, --progress, --channels-last, --compile, --grad-checkpointing, "
-             "--sync-bn) and --data-path")
+             "--sync-bn) and --data-path (default: none, a new run)")
     add("--channels-last", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="NHWC memory layout, faster for convolutions on CPUs and GPUs (default true)")
     add("--amp", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="mixed precision on CUDA: bfloat16 where supported, else float16 with a gradient scaler "
              "(default true; the CPU always trains in float32, which is faster there)")
-    add("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    add("--compile", action="store_true", help="torch.compile the model (slow start, faster steps; default off)")
     add("--grad-checkpointing", action="store_true",
-        help="recompute activations in the backward pass: far less memory (see BENCHMARKS.md), slower steps")
-    add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across GPUs under torchrun")
+        help="recompute activations in the backward pass: far less memory (see BENCHMARKS.md), slower steps "
+             "(default off)")
+    add("--sync-bn", action="store_true",
+        help="synchronise BatchNorm statistics across GPUs under torchrun (default off)")
     add("--progress", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="show progress bars (default true)")
     add("--check-data", nargs="?", const="", default=None, metavar="CSV",

@@ -36,6 +36,7 @@ from effnet.data.duplicates import DUPLICATE_COLUMNS, DataCheck, check_images, d
     read_saved_fingerprints, write_duplicates_csv
 from effnet.reports.label_issues import rank_label_issues, write_label_issues
 from effnet.output_paths import OutputKind, header_matches
+from effnet.reports.chance import chance_level
 
 # settings that may differ when a run is resumed: where and how fast it runs, not what it computes
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
@@ -268,7 +269,7 @@ class RunFolder:
                 save_checkpoint(checkpoint, self.path / BEST_CHECKPOINT)
             save_checkpoint(checkpoint, self.path / LAST_CHECKPOINT)
             write_csv(self.path / "metrics.csv", history)
-            figures.plot_curves(history, self.path / "curves.png")
+            figures.plot_curves(history, self.path / "curves.png", chance_level(len(checkpoint["class_names"])))
         except NoSpaceError as error:  # say how much the run needs, what survived, and how to go on
             peak = 3 * serialized_size(dict(checkpoint))  # best.pth, last.pth and the new one before it replaces either
             raise NoSpaceError(error.errno, f"{error.strerror} (the run's checkpoints need {peak / 1e6:.1f} MB in "
@@ -283,10 +284,12 @@ class RunFolder:
             write_csv(self.path / "per_class.csv", metrics.table_rows(classes, confusion))
 
     def write_review(self, split: DataSplit, device: Any = None,
-                     data_check: DataCheck | None = None) -> tuple[Path, Evaluation | None]:
+                     data_check: DataCheck | None = None,
+                     used: Mapping[str, str] | None = None) -> tuple[Path, Evaluation | None]:
         """After the last epoch: best.pth's results on the test images (in test/, when there are any),
         label_issues.csv (every image whose label best.pth doubts) and report.html, which shows its mistakes on
-        the validation images, those doubts and the data check's copies. Returns (report path, test results)."""
+        the validation images, those doubts and the data check's copies; `used`: what the flags left to the
+        machine came to (trainer.settings_used). Returns (report path, test results)."""
         best = read_weights_file(self.path / BEST_CHECKPOINT)
         classifier = Classifier.from_weights(self.path / BEST_CHECKPOINT, device=device)
         test = None
@@ -307,7 +310,7 @@ class RunFolder:
         if split.left_out:
             data["left out"] = f"{len(split.left_out)} copies (--drop-duplicates; split.json says why)"
         return report_page.write_run_report(self.path, best, data, validation, test, classifier, data_check,
-                                            (issues, sum(len(e.results) for e in scored.values()))), test
+                                            (issues, sum(len(e.results) for e in scored.values())), used), test
 
     def saved_so_far(self) -> str:
         if (self.path / LAST_CHECKPOINT).is_file():

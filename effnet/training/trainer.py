@@ -38,6 +38,7 @@ from effnet.pretrained import WeightsError, load_weights
 from effnet.data.duplicates import DataCheck
 from effnet.training.run_folder import DUPLICATES_OUTPUT, check_data
 from effnet.output_paths import check_file_target
+from effnet.reports.chance import learned_nothing
 
 
 def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namespace, device: torch.device,
@@ -50,7 +51,7 @@ def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namesp
                                  weights=recipe.sample_weights(split.train_labels, len(split.classes), args))
     val_sampler = EpochSampler(len(val_set), shuffle=False, seed=args.seed, rank=ddp.rank,
                                num_replicas=ddp.world_size, pad=False)
-    workers = default_workers(args.batch_size) if args.workers is None else args.workers
+    workers = loader_workers(args)
     common = dict(num_workers=workers, collate_fn=MyDataSet.collate_fn, pin_memory=device.type == "cuda",
                   persistent_workers=workers > 0)
     # Each loader gets its own generator: starting an epoch must not draw from the global random state,
@@ -59,6 +60,10 @@ def make_loaders(split: DataSplit, images: dict[str, Any], args: argparse.Namesp
                        generator=torch.Generator(), **common),
             DataLoader(val_set, sampler=val_sampler, batch_size=args.batch_size, generator=torch.Generator(),
                        **common), train_sampler)
+
+
+def loader_workers(args: argparse.Namespace) -> int:
+    return default_workers(args.batch_size) if args.workers is None else args.workers
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,7 +389,8 @@ def finish(run: Run) -> int:
         export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
         print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
               f"{metrics.class_table(classes, progress.best_confusion)}")
-        report_path, test = run.folder.write_review(run.split, run.settings.device, run.data_check)
+        report_path, test = run.folder.write_review(run.split, run.settings.device, run.data_check,
+                                                    settings_used(run))
     except KeyboardInterrupt:
         log(run.ddp, f"\ninterrupted after the last epoch, while writing the run's report; every epoch is saved "
                      f"({best}). Score it again with: python evaluate.py DIR --weights {best}")
@@ -394,7 +400,22 @@ def finish(run: Run) -> int:
     if test is not None:
         print_test_results(test, best)
     print(f"report: {report_path}\nsaved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
+    warning = learned_nothing(progress.best_confusion, classes)
+    if warning:  # the run's last line: a model at chance must not pass for a result
+        sys.stdout.flush()
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def settings_used(run: Run) -> dict[str, str]:
+    """What the flags that leave a choice to the machine came to in this run, for report.html."""
+    device, dtype = run.settings.device, run.settings.autocast_dtype
+    if dtype is not None:
+        amp = str(dtype).removeprefix("torch.")  # bfloat16, or float16 with a gradient scaler
+    else:  # --amp false, or a CPU, which always trains in float32
+        amp = "off" if device.type == "cuda" else f"off ({device.type.upper()})"
+    return {"device": str(device) if run.args.device else f"auto: {device}", "workers": str(loader_workers(run.args)),
+            "amp": amp}
 
 
 def print_test_results(test: Evaluation, best: Path) -> None:
