@@ -21,6 +21,7 @@ import numpy as np
 from class_names import find_class_names, replace_own_names
 from cli import UsageError
 from download import sha256_of
+from effnet.inference import session_cache
 from images import Preprocessing
 from variants import image_settings, variant_name
 
@@ -206,7 +207,7 @@ class OnnxRuntimeBackend(ExportedBackend):
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's input
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = session_cache.create_session(path, options)  # its optimised graph cached
         except Exception as error:  # ONNX Runtime raises its own exception types for every kind of bad file
             raise UsageError(f"{path} is not a readable ONNX model (corrupt, truncated or another format: "
                              f"{_first_line(error)}); export it again") from None
