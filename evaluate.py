@@ -24,6 +24,7 @@ from image_folders import ClassFolders, presplit_folders, scan_class_folders
 from images import IMAGE_EXTENSIONS
 from inference import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
     weights_or_newest
+from inference import add_precision_flag
 from output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
     generator_field, marked_at_start
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
     add_model_flags(parser, "evaluate")
+    add_precision_flag(parser)
     add("--top-k", type=int, default=DEFAULT_TOP_K,
         help=f"also count a photo right when its class is among the top k (default {DEFAULT_TOP_K})")
     add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs(args)
         found = class_folders(args.directory)
-        classifier = classifier_from_flags(args)
+        classifier = classifier_from_flags(args, precision=args.precision)
         paths, labels = labelled_images(found, classifier, classifier.backend.origin)
         return score_and_write(args, classifier, paths, labels)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError

@@ -33,10 +33,11 @@ from images import images_under, is_image_name
 from inference import (DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
                        add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
                        weights_or_newest)
+from inference import add_precision_flag
 from output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
                           header_matches)
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
@@ -233,8 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(parser, "use")
     add("--top-k", type=int, default=None, help="classes to show per image (default min(5, classes))")
     add("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    add("--precision", choices=PRECISIONS, default="float32",
-        help="bfloat16 (torch backend) is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
+    add_precision_flag(parser, PRECISIONS)
     add("--json", action="store_true", help="print one JSON object per image and line, as results come")
     add("--csv", default=None, metavar="FILE",
         help="also write a row per image to FILE: image, class_1, probability_1, ... , error")
