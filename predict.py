@@ -34,6 +34,7 @@ from inference import (DEFAULT_RUNS_DIR, Classifier, NonFiniteOutputError, Predi
                        add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
                        weights_or_newest)
 from inference import add_precision_flag
+from cli import exit_now
 from output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
                           header_matches)
 
@@ -355,4 +356,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # the results are written and --csv is closed: skip the interpreter's teardown
