@@ -21,6 +21,7 @@ from typing import Any
 from effnet.command_line import UsageError, report
 from effnet.inference.classifier import add_model_flags, classifier_from_flags, newest_checkpoint
 from effnet.command_line import ArgumentParser
+from effnet.inference.classifier import add_precision_flag
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MiB = 2**20
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add_model_flags(parser, "serve")
+    add_precision_flag(parser)
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                                             "0.0.0.0 lets other machines in)")
     add("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = listening_socket(args.host, args.port)
         args.weights = args.weights if args.weights is not None else newest_checkpoint()
-        classifier = classifier_from_flags(args)
+        classifier = classifier_from_flags(args, precision=args.precision)
     except (UsageError, ValueError, RuntimeError) as error:  # WeightsError is a ValueError
         return report(str(error))
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from effnet.data.images import IMAGE_EXTENSIONS
 from effnet.command_line import ArgumentParser
 from effnet.inference.classifier import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
     weights_or_newest
+from effnet.inference.classifier import add_precision_flag
 from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
     generator_field, marked_at_start
 from effnet.data.duplicates import copies_of_training_photos
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
     add_model_flags(parser, "evaluate")
+    add_precision_flag(parser)
     add("--top-k", type=int, default=DEFAULT_TOP_K,
         help=f"also count a photo right when its class is among the top k, shown when k is below the number of "
              f"classes (default {DEFAULT_TOP_K})")
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs(args)
         found = class_folders(args.directory)
-        classifier = classifier_from_flags(args)
+        classifier = classifier_from_flags(args, precision=args.precision)
         paths, labels = labelled_images(found, classifier, classifier.backend.origin)
         warn_about_training_copies(args.weights, paths)
         return score_and_write(args, classifier, paths, labels)

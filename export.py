@@ -4,13 +4,16 @@
     python export.py runs/20261128-101500-b0/best.pth --images my_photos/   # checked on your photos
     python export.py weights/model-29.pth --model b0 --class-indices class_indices.json
     python export.py runs/20261128-101500-b0/best.pth --format openvino     # best.xml + best.bin
+    python export.py runs/20261128-101500-b0/best.pth --int8                # and best.int8.onnx beside best.onnx
 
 The file holds the network with BatchNorm folded and a softmax at the end (any batch size), and in its
 metadata the class names, the variant, the evaluation preprocessing and the checkpoint it came from, so
 `python predict.py photo.jpg --weights best.onnx` needs nothing else. Before it is kept, the export is run
 on the same images as PyTorch (photos given with --images, else a few synthetic ones): the largest
 probability difference and the top-1 agreement are printed, and a mismatch beyond the tolerance is an
-error that leaves no file behind (an existing one stays as it was).
+error that leaves no file behind (an existing one stays as it was). With --int8 the export is also
+quantized to INT8 (effnet/inference/int8.py), calibrated on the run's training photos and kept only when it
+agrees with float32 on the run's validation photos.
 """
 import argparse
 import itertools
@@ -25,6 +28,7 @@ from effnet.inference.exported_backends import EXPORT_FORMAT, EXPORTED_SUFFIXES,
 from effnet.output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
 from effnet.variants import variant_name
 from effnet.command_line import ArgumentParser
+from effnet.inference.int8 import DEFAULT_MIN_AGREEMENT, export_int8, int8_path, run_photos
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
 MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
@@ -55,7 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"photos or folders to check the export on (the first {CHECK_PHOTOS}; default: synthetic images)")
     add("--opset", type=parse_opset, default=OPSET,
         help=f"ONNX opset version, {MIN_OPSET} up to the newest this PyTorch writes (default {OPSET})")
+    add("--int8", action="store_true",
+        help="also write an INT8 model beside the export (best.int8.onnx): ONNX Runtime's static quantization, "
+             "calibrated on the run's training photos (split.json beside the checkpoint), kept only when it "
+             "agrees with float32 on the run's validation photos")
+    add("--min-agreement", type=parse_percent, default=DEFAULT_MIN_AGREEMENT, metavar="PERCENT",
+        help=f"with --int8: the share of validation photos whose top-1 class must stay float32's (default "
+             f"{DEFAULT_MIN_AGREEMENT:g}); below it the INT8 model is refused and not written")
     return parser
+
+
+def parse_percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text}: give a percentage from 0 to 100")
+    return value
 
 
 def max_opset() -> int:
@@ -127,6 +148,12 @@ def check_output(weights: Path, output: Path, args: argparse.Namespace) -> None:
     check_file_target("--output", str(output), inputs, EXPORT_OUTPUT, args.overwrite)
     if args.format == "openvino":
         check_file_target("--output", str(output.with_suffix(".bin")), inputs, OPENVINO_WEIGHTS_OUTPUT, args.overwrite)
+    if args.int8:
+        if args.format != "onnx":
+            raise UsageError(f"--int8 writes an ONNX model (which OpenVINO reads too); use it with --format onnx, "
+                             f"not --format {args.format}")
+        check_file_target("--output", str(int8_path(output)), inputs, EXPORT_OUTPUT, args.overwrite)
+        run_photos(weights)  # the calibration and check photos are there, before anything slow starts
 
 
 def export(args: argparse.Namespace) -> int:
@@ -144,6 +171,9 @@ def export(args: argparse.Namespace) -> int:
     output, check = export_checkpoint(weights, output, args.model and variant_name(args.model), args.class_indices,
                                       photos, args.format, args.opset)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB), {check.summary()}")
+    if args.int8:
+        quantized, agreement = export_int8(output, weights, min_agreement=args.min_agreement)
+        print(f"wrote {quantized} ({quantized.stat().st_size / 2**20:.1f} MiB, INT8), {agreement.summary()}")
     if check.real and check.images < len(photos):
         print(f"note: {len(photos) - check.images} of the --images could not be read and were left out")
     elif photos and not check.real:

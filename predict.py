@@ -37,6 +37,8 @@ from effnet.inference.classifier import (Classifier, NonFiniteOutputError, Predi
                        add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
                        weights_or_newest)
 from effnet.model_choices import PRECISIONS, RUNS_DIR as DEFAULT_RUNS_DIR  # noqa: F401 (re-exported)
+from effnet.inference.classifier import add_precision_flag
+from effnet.command_line import exit_now
 from effnet.output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
                           header_matches)
 
@@ -234,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(parser, "use")
     add("--top-k", type=int, default=None, help="classes to show per image (default min(5, classes))")
     add("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    add("--precision", choices=PRECISIONS, default="float32",
-        help="bfloat16 (torch backend) is faster on CPUs with bfloat16 support (see BENCHMARKS.md); default float32")
+    add_precision_flag(parser, PRECISIONS)
     add("--json", action="store_true", help="print one JSON object per image and line, as results come (default: text)")
     add("--csv", default=None, metavar="FILE",
         help="also write a row per image to FILE: image, class_1, probability_1, ... , error (default: none)")
@@ -351,4 +352,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # the results are written and --csv is closed: skip the interpreter's teardown

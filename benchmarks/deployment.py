@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -131,6 +131,7 @@ def _contender(kind: str, model: str) -> Callable[[np.ndarray], object]:
 def worker() -> None:
     """Run in a child process: argv kind, model, batch, crop. Answers each line on stdin with images/s."""
     kind, model, batch, crop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    kind = kind.partition("@")[0]  # "plain onnxruntime@int8": a label told apart from the same kind on another file
     run = _contender(kind, model)
     images = np.random.default_rng(1).standard_normal((batch, 3, crop, crop), dtype=np.float32)
     calls = max(1, 16 // batch)  # several calls per round at small batches for a steadier figure
@@ -143,10 +144,13 @@ def worker() -> None:
         print(batch * calls / (time.perf_counter() - start), flush=True)
 
 
-def throughput(kinds: Sequence[str], model: Path, batch: int, crop: int, rounds: int) -> dict[str, float]:
-    """Median images/s of each contender, measured in alternating rounds, each in its own process."""
+def throughput(kinds: Sequence[str], model: Path | Mapping[str, Path], batch: int, crop: int,
+               rounds: int) -> dict[str, float]:
+    """Median images/s of each contender, measured in alternating rounds, each in its own process. `model`:
+    the file every contender runs, or each one's own (contenders of one kind labelled 'kind@label')."""
     command = [sys.executable, "-c", "from benchmarks import deployment; deployment.worker()"]
-    workers = {kind: subprocess.Popen([*command, kind, str(model), str(batch), str(crop)], cwd=REPO, text=True,
+    models = model if isinstance(model, Mapping) else dict.fromkeys(kinds, model)
+    workers = {kind: subprocess.Popen([*command, kind, str(models[kind]), str(batch), str(crop)], cwd=REPO, text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE) for kind in kinds}
     try:
         for kind, process in workers.items():

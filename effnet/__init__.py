@@ -32,6 +32,8 @@ the rest; its only import from the top is `model`, the network.
         torch_backend.py    PyTorch checkpoints (and Grad-CAM)
         exported_backends.py  ONNX Runtime and OpenVINO on an exported .onnx
         onnx_conversion.py  writing and checking the .onnx export
+        int8.py             the INT8 export, calibrated and scored against float32
+        session_cache.py    ONNX Runtime sessions from a cached optimised copy of the model
         class_names.py      which class names go with a checkpoint
         batch_worker.py     the web service's request batching
         web_service.py      app.py's FastAPI service

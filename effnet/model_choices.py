@@ -11,7 +11,8 @@ RUNS_DIR = "runs"  # train.py's default --output-dir, where the programs look fo
 BEST_CHECKPOINT, LAST_CHECKPOINT = "best.pth", "last.pth"
 IMAGENET = "imagenet"  # --weights imagenet: torchvision's ImageNet weights for the variant
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the model (--backend)
-PRECISIONS = ("float32", "bfloat16")  # the PyTorch backend's number formats (--precision)
+TORCH_PRECISIONS = ("float32", "bfloat16")  # the PyTorch backend's number formats
+PRECISIONS = (*TORCH_PRECISIONS, "int8")  # --precision; int8: an INT8 export (export.py --int8) in ONNX Runtime
 
 
 def is_imagenet(weights: object) -> bool:

@@ -44,6 +44,21 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The optimised ONNX Runtime models the tests make (effnet/inference/session_cache.py) go to a temporary
+    cache folder, also in the programs the tests start, not to the user's."""
+    import os
+
+    folder, before = tmp_path_factory.mktemp("cache"), os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture
 def flower_sample() -> Path:
     """The 150 real flower photos that ship with the project (data/flower_sample: 30 per class)."""

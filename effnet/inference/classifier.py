@@ -30,6 +30,7 @@ from effnet.command_line import UsageError, check_device_name
 from effnet.data.images import Preprocessing
 from effnet.variants import variant_name
 from effnet.model_choices import BACKENDS, RUNS_DIR, is_imagenet, newest_checkpoint
+from effnet.inference import int8
 
 
 
@@ -93,6 +94,7 @@ def model_files(weights: str | os.PathLike | None, class_indices: str | None) ->
         found.append((str(path), WEIGHTS_FILES.get(path.suffix.lower(), "the weights")))
         found += [(str(path.with_suffix(suffix)), what) for suffix, what in WEIGHTS_FILES.items()
                   if suffix != path.suffix.lower()]
+        found += int8.related_files(path)  # best.int8.onnx beside best.pth, and the other way round
     class_files = [class_indices] if class_indices else [
         *([str(Path(weights).parent / "class_indices.json")] if weights else []), "class_indices.json"]
     return found + [(path, "the class names file") for path in class_files]
@@ -110,7 +112,7 @@ def torch_only(weights: str | os.PathLike, device: Any, precision: str, gradient
     """What in a request only the torch backend can do, in words; None if an exported model can serve it."""
     if gradients:
         return "Grad-CAM (--cam)"
-    if precision != "float32":
+    if precision not in ("float32", "int8"):  # int8: an INT8 export, which ONNX Runtime runs
         return f"--precision {precision}"
     if device is not None and not str(device).startswith("cpu"):
         return f"--device {device}"
@@ -131,6 +133,8 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
         device = device.strip() if isinstance(device, str) else device
         check_device_name(str(device))
     needs_torch = torch_only(weights, device, precision, gradients)
+    if precision == "int8":
+        return _int8_export(weights, backend, model_name or "b0", class_indices, needs_torch)
     suffix = Path(str(weights)).suffix.lower()
     if suffix in exported_backends.EXPORTED_SUFFIXES:
         if backend == "torch" or needs_torch:
@@ -151,6 +155,23 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
     from effnet.inference import torch_backend
 
     return torch_backend.load(weights, model_name, class_indices, device, precision)
+
+
+def _int8_export(weights: str | os.PathLike, backend: str, model_name: str, class_indices: str | None,
+                 needs_torch: str | None) -> Backend:
+    """--precision int8: the INT8 export given as the weights, or the one beside them (best.int8.onnx beside
+    best.pth or best.onnx), in ONNX Runtime (or OpenVINO when asked); never PyTorch."""
+    if needs_torch or backend == "torch":
+        raise UsageError(f"--precision int8 runs an INT8 export with ONNX Runtime on the CPU; "
+                         f"{needs_torch or '--backend torch'} needs PyTorch in float32: drop one of the two")
+    path = Path(str(weights))
+    exported = path if int8.is_int8_name(path) else int8.int8_path(path)
+    if not exported.is_file():
+        raise UsageError(f"--precision int8: there is no {exported}; write it with 'python export.py "
+                         f"{int8.float_stem(path)}.pth --int8'")
+    checkpoint = path if path.suffix.lower() == ".pth" and path.is_file() else None
+    return exported_backends.load(exported, "openvino" if backend == "openvino" else "onnxruntime", model_name,
+                             class_indices, checkpoint=checkpoint)
 
 
 def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, class_indices: str | None,
@@ -298,7 +319,10 @@ class Classifier:
             if not self.can_explain:
                 raise UsageError(f"Grad-CAM needs the torch backend and the checkpoint; {self.backend.name} runs "
                                  f"{self.backend.origin}, which has no gradients")
-            self._gradient_backend = open_backend(**self._opened_with, backend="torch")
+            reopened = {**self._opened_with, "backend": "torch"}
+            if reopened["precision"] == "int8":  # an INT8 export has no gradients: its checkpoint's maps, in float32
+                reopened["precision"] = "float32"
+            self._gradient_backend = open_backend(**reopened)
         return self._gradient_backend.grad_cam(image)
 
     @property
@@ -361,6 +385,17 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
     add("--tta", action="store_true",
         help="test-time augmentation: average the answers for each image and its mirror image (2x the work; "
              "default off)")
+
+
+def add_precision_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = ("float32", "int8")) -> None:
+    """--precision: float32 (the default), int8 (the INT8 export that export.py --int8 writes, in ONNX Runtime),
+    and where the program offers it bfloat16 (the torch backend)."""
+    meanings = {"int8": "int8 runs the INT8 export (best.int8.onnx beside best.pth, from 'export.py --int8') with "
+                        "ONNX Runtime",
+                "bfloat16": "bfloat16 (torch backend) is faster on CPUs with bfloat16 support"}
+    parser.add_argument("--precision", choices=choices, default="float32",
+                        help="; ".join(meanings[c] for c in choices if c in meanings) +
+                             " (see BENCHMARKS.md); default float32")
 
 
 def classifier_from_flags(args: argparse.Namespace, **options: Any) -> "Classifier":

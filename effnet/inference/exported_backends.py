@@ -23,6 +23,7 @@ from effnet.command_line import UsageError
 from effnet.download import sha256_of
 from effnet.data.images import Preprocessing
 from effnet.variants import image_settings, variant_name
+from effnet.inference import session_cache
 
 EXPORT_FORMAT = "efficientnet-tutorial-onnx/1"  # the "format" metadata entry of this project's exports
 EXPORTED_SUFFIXES = (".onnx", ".xml")  # ONNX, and OpenVINO's IR
@@ -78,6 +79,12 @@ class ModelCard:
     outputs_probabilities: bool | None  # None for a plain export: decided from its outputs
     origin: str
     class_names_note: str | None = None  # where the names came from, when the user should know
+    precision: str = "float32"  # "int8" for an INT8 export (export.py --int8)
+
+    @property
+    def export_command(self) -> str:
+        """The export.py flags that write this kind of file again."""
+        return " --int8" if self.precision == "int8" else ""
 
 
 def metadata_entries(class_names: list[str], variant: str, preprocessing: Preprocessing,
@@ -110,7 +117,7 @@ def read_card(path: Path, metadata: Mapping[str, str], outputs: int | None, mode
                              f"'python export.py CHECKPOINT'") from None
         found = replace_own_names(own, class_indices, str(path))
         card = ModelCard(found.names, preprocessing, variant, checkpoint, metadata.get("output") == "probabilities",
-                         str(path), found.note)
+                         str(path), found.note, metadata.get("precision", "float32"))
     if outputs is not None and outputs != len(card.class_names):
         raise UsageError(f"{path} outputs {outputs} classes but has {len(card.class_names)} class names "
                          f"(from {card.origin}); give a class_indices.json with {outputs} with --class-indices")
@@ -124,8 +131,8 @@ def check_current(path: Path, card: ModelCard) -> None:
     source = path.parent / str(card.checkpoint.get("file"))
     if source.is_file() and not is_exported_from(card.checkpoint, source):
         raise StaleModelError(f"{path} was exported from an earlier {source.name} (the file beside it has "
-                              f"changed since); export it again with 'python export.py {source}', or use "
-                              f"--weights {source} --backend torch")
+                              f"changed since); export it again with 'python export.py {source}"
+                              f"{card.export_command}', or use --weights {source} --backend torch")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -204,7 +211,7 @@ class OnnxRuntimeBackend(ExportedBackend):
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's input
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = session_cache.create_session(path, options)  # its optimised graph cached
         except Exception as error:  # ONNX Runtime raises its own exception types for every kind of bad file
             raise UsageError(f"{path} is not a readable ONNX model (corrupt, truncated or another format: "
                              f"{_first_line(error)}); export it again") from None
@@ -263,7 +270,8 @@ def load(path: str | os.PathLike, backend: str = "onnxruntime", model_name: str 
         check_current(Path(path), opened.card)
     elif not is_exported_from(opened.card.checkpoint, checkpoint):
         raise StaleModelError(f"{path} was not exported from {checkpoint} as it is now (a newer checkpoint, or "
-                              f"another one); export it again with 'python export.py {checkpoint}'")
+                              f"another one); export it again with 'python export.py {checkpoint}"
+                              f"{opened.card.export_command}'")
     return opened
 
 

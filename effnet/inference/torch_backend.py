@@ -17,7 +17,7 @@ from effnet.data.images import Preprocessing, normalize
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
 from effnet.variants import image_settings
 from effnet.hardware import keep_freed_memory_for_reuse, resolve_device
-from effnet.model_choices import PRECISIONS, is_imagenet
+from effnet.model_choices import TORCH_PRECISIONS, is_imagenet
 from effnet.pretrained import WeightsError, bare_state_dict, checkpoint_header, identify_variant, is_checkpoint, load_weights, \
     read_weights_file, strip_wrappers
 
@@ -50,8 +50,8 @@ class TorchBackend:
                  origin: str = "a model in memory") -> None:
         if len(class_names) != model.num_classes:
             raise UsageError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if precision not in TORCH_PRECISIONS:
+            raise UsageError(f"precision {precision!r} is not one of {', '.join(TORCH_PRECISIONS)}")
         self.device = resolve_device(str(device) if device else None)  # refuses meta, absent GPUs, ...
         keep_freed_memory_for_reuse()  # faster steps on Linux, for whichever program runs this backend
         self.model = model.eval().to(self.device)

@@ -17,8 +17,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from effnet.atomic_files import write_bytes
-
 
 def _pyplot() -> Any:
     import matplotlib.pyplot as plt  # picks a backend for the whole process, a window one where it can
@@ -77,6 +75,8 @@ def _write_figure(figure: Any, path: str | os.PathLike, mark: str = FIGURE_MARK,
         options["metadata"] = {"Comment": mark}
     elif file_format in MARKED_FORMATS:
         options["pil_kwargs"] = {"comment": mark.encode()}
+    from effnet.atomic_files import write_bytes  # imported here: predict.py without figures starts without it (and shutil)
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format=file_format, dpi=100, **options)
     write_bytes(path, buffer.getvalue())

@@ -1,0 +1,121 @@
+"""The cache of ONNX Runtime's optimised models (effnet/inference/session_cache.py): a second session starts
+from the cached copy, anything the copy depends on makes a new one, and a damaged cache is never an error."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from effnet.inference import exported_backends
+from effnet.inference import session_cache
+from test_predict import val_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache folder of this test's own; yields where the optimised copies go."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "effnet" / "onnxruntime" / "models"
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files ONNX Runtime sessions are created from, in order."""
+    paths: list[str] = []
+    real = onnxruntime.InferenceSession
+
+    def recording(path, *args, **kwargs):
+        paths.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    return paths
+
+
+def answers(exported: Path, photos: np.ndarray) -> np.ndarray:
+    return exported_backends.OnnxRuntimeBackend(exported).probabilities(photos)
+
+
+@pytest.fixture
+def photos() -> np.ndarray:
+    """Two preprocessed images of the trained run's size."""
+    return np.random.default_rng(0).standard_normal((2, 3, 48, 48), dtype=np.float32)
+
+
+def test_a_second_session_starts_from_the_cached_copy_and_answers_the_same(trained_run, cache, opened, photos):
+    first = answers(trained_run / "best.onnx", photos)
+    [copy] = cache.iterdir()
+    assert opened == [str(trained_run / "best.onnx")]  # optimised from the export, the copy saved on the way
+    second = answers(trained_run / "best.onnx", photos)
+    assert opened[1:] == [str(copy)] and list(cache.iterdir()) == [copy]
+    assert np.array_equal(first, second)
+    # ONNX Runtime's own fused operators (its SiLU at least, on every CPU): the optimised graph, not a copy
+    assert any(node.domain.startswith("com.microsoft") for node in onnx.load(copy).graph.node)
+
+
+def test_a_changed_export_another_onnxruntime_or_another_cpu_gets_a_copy_of_its_own(trained_run, tmp_path, cache,
+                                                                                    opened, photos, monkeypatch):
+    exported = tmp_path / "best.onnx"
+    shutil.copy(trained_run / "best.onnx", exported)
+    answers(exported, photos)
+    changed = onnx.load(exported)
+    changed.doc_string += " (exported again)"
+    onnx.save(changed, exported)  # the same network, another file
+    answers(exported, photos)
+    assert len(list(cache.iterdir())) == 2 and opened == [str(exported)] * 2
+    monkeypatch.setattr(onnxruntime, "__version__", onnxruntime.__version__ + ".other")
+    answers(exported, photos)
+    monkeypatch.setattr(session_cache, "cpu_identity", lambda: "another CPU")
+    answers(exported, photos)
+    assert len(list(cache.iterdir())) == 4 and opened == [str(exported)] * 4
+
+
+def test_a_damaged_cache_is_passed_over_and_mended(trained_run, cache, opened, photos):
+    expected = answers(trained_run / "best.onnx", photos)
+    [copy] = cache.iterdir()
+    good = copy.read_bytes()
+    for damage in (good[:len(good) // 2], b"not an ONNX model", b""):
+        copy.write_bytes(damage)
+        assert np.array_equal(answers(trained_run / "best.onnx", photos), expected)
+        assert copy.read_bytes() != damage  # made again from the export
+    [memo] = (cache.parent / "checksums").iterdir()
+    memo.write_text("garbage")  # a remembered checksum that is not one: the export is hashed again
+    assert np.array_equal(answers(trained_run / "best.onnx", photos), expected)
+    assert len(memo.read_text()) == 64 and list(cache.iterdir()) == [copy]
+
+
+def test_no_usable_cache_folder_is_no_error(trained_run, tmp_path, monkeypatch, photos):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    expected = answers(trained_run / "best.onnx", photos)
+    assert np.array_equal(answers(trained_run / "best.onnx", photos), expected)
+    assert blocked.read_text() == "a file where the cache folder would go"
+
+
+def test_the_cache_keeps_only_the_newest_copies(trained_run, tmp_path, cache, photos, monkeypatch):
+    monkeypatch.setattr(session_cache, "MAX_MODELS", 2)
+    for cpu in ("a", "b", "c"):
+        monkeypatch.setattr(session_cache, "cpu_identity", lambda cpu=cpu: cpu)
+        answers(trained_run / "best.onnx", photos)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_predict_py_fills_the_cache_in_one_process_and_the_next_one_starts_from_it(trained_run, tmp_path):
+    """Whole processes, as a user runs them; the second writes nothing (a copy made again would be new)."""
+    photo = val_images(trained_run)[0][0]
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [sys.executable, str(REPO / "predict.py"), photo, "--weights", str(trained_run / "best.pth")]
+    first = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
+    [copy] = (tmp_path / "cache" / "effnet" / "onnxruntime" / "models").iterdir()
+    made = copy.stat().st_mtime_ns
+    second = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
+    assert second.stdout == first.stdout and first.stdout.startswith(photo) and len(first.stdout.splitlines()) == 4
+    assert list(copy.parent.iterdir()) == [copy] and copy.stat().st_mtime_ns == made
