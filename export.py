@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--int8", action="store_true",
         help="also write an INT8 model beside the export (best.int8.onnx): ONNX Runtime's static quantization, "
              "calibrated on the run's training photos (split.json beside the checkpoint), kept only when it "
-             "agrees with float32 on the run's validation photos")
+             "agrees with float32 on the run's validation photos (default: float32 only)")
     add("--min-agreement", type=parse_percent, default=DEFAULT_MIN_AGREEMENT, metavar="PERCENT",
         help=f"with --int8: the share of validation photos whose top-1 class must stay float32's (default "
              f"{DEFAULT_MIN_AGREEMENT:g}); below it the INT8 model is refused and not written")

@@ -95,10 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--check-data", nargs="?", const="", default=None, metavar="CSV",
         help="check the data for copies (identical files, resized or recompressed copies, copies in two classes "
              "or on both sides of the split the run would make) and exit without training; with CSV, also write "
-             "the groups of copies there (every run checks its data and writes duplicates.csv anyway)")
+             "the groups of copies there (every run checks its data and writes duplicates.csv anyway; default: train)")
     add("--drop-duplicates", action="store_true",
         help="leave copies out of the run: every photo of a group of copies that spans classes, and all but one "
-             "(a validation or test one first) of any other group; split.json lists what was left out and why")
+             "(a validation or test one first) of any other group; split.json lists what was left out and why "
+             "(default: keep them, and report them)")
     build_parser_recipe(parser)
     return parser
 
