@@ -389,8 +389,7 @@ def finish(run: Run) -> int:
         export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
         print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
               f"{metrics.class_table(classes, progress.best_confusion)}")
-        report_path, test = run.folder.write_review(run.split, run.settings.device, run.data_check,
-                                                    settings_used(run))
+        report_path, test = run.folder.write_review(run.split, run.settings.device, run.data_check, settings_used(run))
     except KeyboardInterrupt:
         log(run.ddp, f"\ninterrupted after the last epoch, while writing the run's report; every epoch is saved "
                      f"({best}). Score it again with: python evaluate.py DIR --weights {best}")
