@@ -12,7 +12,7 @@ import pytest
 
 import evaluate
 import export
-from effnet.inference.classifier import Classifier
+from effnet.inference.classifier import Classifier, classifier_from_flags
 from effnet.inference import exported_backends
 from effnet.inference import onnx_conversion
 import predict
@@ -84,7 +84,7 @@ def test_predict_evaluate_and_the_app_run_the_int8_export_when_asked(int8_run, t
     import app
 
     args = app.build_parser().parse_args(["--weights", best, "--precision", "int8"])
-    assert classifier.classifier_from_flags(args, precision=args.precision).backend.origin == quantized
+    assert classifier_from_flags(args, precision=args.precision).backend.origin == quantized
 
 
 def test_int8_requests_that_cannot_be_served_are_one_line_errors(int8_run, tmp_path, capsys):
