@@ -3,7 +3,8 @@
 | file | written |
 |---|---|
 | class_indices.json, split.json, recipe.json, class_distribution.png | when the run starts |
-| last.pth (every epoch), best.pth (when validation improves), metrics.csv, curves.png, TensorBoard events | after each epoch |
+| last.pth (every epoch), best.pth (when validation improves), metrics.csv, TensorBoard events | after each epoch |
+| curves.png | after an epoch when drawing it takes at most 5% of the time since it was last drawn; at the end |
 | data_check.json, duplicates.csv (the copies among the images) | when the run starts, and again when it resumes |
 | confusion_matrix.png, per_class.csv, report.html, test/ (a test set's results, by best.pth) | when the run ends |
 | label_issues.csv (the images whose label best.pth finds least likely) | when the run ends |
@@ -16,6 +17,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,6 +44,9 @@ from effnet.reports.chance import chance_level
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
                     "sync_bn")
 DATA_CHECK = "data_check.json"  # the fingerprints of the run's images: a resumed run does not compute them again
+# Drawing curves.png takes 0.2-0.6 s on a CPU: after every epoch of a real run (minutes each), but on a small sample,
+# where an epoch takes a second or two, redrawing it every time would slow the whole run by a third
+CURVES_TIME_SHARE = 0.05
 DUPLICATES_OUTPUT = OutputKind("a duplicates table of train.py", header_matches(",".join(DUPLICATE_COLUMNS)))
 
 
@@ -231,6 +236,7 @@ class RunFolder:
         self.path = path
         self.writes = writes
         self._tensorboard: Any = None
+        self._curves_drawn: tuple[int, float, float] | None = None  # (epochs drawn, when it started, seconds it took)
 
     @classmethod
     def create(cls, output_dir: str, name: str | None, variant: str, ddp: Distributed) -> "RunFolder":
@@ -269,16 +275,32 @@ class RunFolder:
                 save_checkpoint(checkpoint, self.path / BEST_CHECKPOINT)
             save_checkpoint(checkpoint, self.path / LAST_CHECKPOINT)
             write_csv(self.path / "metrics.csv", history)
-            figures.plot_curves(history, self.path / "curves.png", chance_level(len(checkpoint["class_names"])))
+            if self._curves_due():
+                self._write_curves(history, len(checkpoint["class_names"]))
         except NoSpaceError as error:  # say how much the run needs, what survived, and how to go on
             peak = 3 * serialized_size(dict(checkpoint))  # best.pth, last.pth and the new one before it replaces either
             raise NoSpaceError(error.errno, f"{error.strerror} (the run's checkpoints need {peak / 1e6:.1f} MB in "
                                             f"all); {continue_hint(self.path)}", error.filename) from None
         self._log_scalars(history[-1])
 
-    def write_end(self, confusion: Any, classes: Sequence[str], best_epoch: int) -> None:
-        """The best epoch's validation confusion matrix, and its per-class table (per_class.csv)."""
+    def _curves_due(self) -> bool:
+        if self._curves_drawn is None:
+            return True
+        _, started, took = self._curves_drawn
+        return took <= CURVES_TIME_SHARE * (time.monotonic() - started)
+
+    def _write_curves(self, history: Sequence[Mapping[str, float]], class_count: int) -> None:
+        started = time.monotonic()
+        figures.plot_curves(history, self.path / "curves.png", chance_level(class_count))
+        self._curves_drawn = (len(history), started, time.monotonic() - started)
+
+    def write_end(self, confusion: Any, classes: Sequence[str], best_epoch: int,
+                  history: Sequence[Mapping[str, float]]) -> None:
+        """curves.png of every epoch, the best epoch's validation confusion matrix, and its per-class table
+        (per_class.csv)."""
         if self.writes:
+            if self._curves_drawn is None or self._curves_drawn[0] != len(history):
+                self._write_curves(history, len(classes))
             figures.plot_confusion_matrix(confusion, classes, self.path / "confusion_matrix.png",
                                           title=f"validation, best epoch {best_epoch}")
             write_csv(self.path / "per_class.csv", metrics.table_rows(classes, confusion))

@@ -385,7 +385,7 @@ def finish(run: Run) -> int:
                       f"for more epochs (the first ones from scratch often overflow) or lower --lr", status=1)
     best = run.folder.path / BEST_CHECKPOINT
     try:
-        run.folder.write_end(progress.best_confusion, classes, progress.best_epoch)
+        run.folder.write_end(progress.best_confusion, classes, progress.best_epoch, progress.history)
         export_after_training(best, run.split.val_paths[:8])  # best.onnx beside it: predict.py's fast path
         print(f"best validation accuracy {progress.best_acc:.4f} at epoch {progress.best_epoch}; per class:\n"
               f"{metrics.class_table(classes, progress.best_confusion)}")
