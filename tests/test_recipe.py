@@ -22,6 +22,8 @@ from imagegen import make_class_folders
 from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet, open_image
 from test_train import _fails_with
 
+pytestmark = pytest.mark.usefixtures("training_only")  # runs here test training, not its report
+
 REPO = Path(__file__).resolve().parents[1]
 
 

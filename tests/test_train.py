@@ -89,6 +89,7 @@ def test_tensorboard_events_when_installed(trained_run):
         assert events
 
 
+@pytest.mark.usefixtures("training_only")
 def test_per_class_precision_and_recall_are_printed(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=5)
     assert train.main(train_args(data, tmp_path / "runs", "--epochs", "1")) == 0
@@ -118,6 +119,7 @@ ALL_RECIPE_OPTIONS = ["--opt", "adamw", "--warmup-epochs", "1", "--label-smoothi
                       "--best-metric", "macro_f1"]
 
 
+@pytest.mark.usefixtures("training_only")
 @pytest.mark.parametrize("recipe_flags", [[], ALL_RECIPE_OPTIONS], ids=["tutorial", "every-option"])
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, recipe_flags):
     data = make_class_folders(tmp_path / "data", per_class=8)
@@ -183,6 +185,7 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~atomic_files._UMASK
 
 
+@pytest.mark.usefixtures("training_only")
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real_loss = torch.nn.CrossEntropyLoss
@@ -214,6 +217,7 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch,
     assert "no epoch was completed, so no checkpoint was saved" in out and "--resume" not in out
 
 
+@pytest.mark.usefixtures("training_only")
 def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkeypatch, capsys):
     real_evaluate = loop.evaluate
     evaluations = []
@@ -333,6 +337,7 @@ def test_freeze_layers_rejects_nonsense(capsys):
     assert exit_info.value.code == 2 and "expected true or false" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("training_only")
 def test_frozen_layers_keep_weights_and_batchnorm_statistics(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=6)
     start = M.efficientnet_b0(num_classes=3)
@@ -493,6 +498,7 @@ def test_archives_that_escape_the_target_are_refused(tmp_path, members, links):
 # --- issue 21: data that goes away, a lone last image, Ctrl-C while PyTorch loads, a head on a random backbone ----
 
 
+@pytest.mark.usefixtures("training_only")
 def test_an_epoch_whose_images_are_gone_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
     data = make_class_folders(tmp_path / "data", per_class=5)
     real_evaluate = loop.evaluate
@@ -526,6 +532,7 @@ def test_an_epoch_that_read_no_image_is_never_the_best():
     assert run.progress.best_epoch == -1
 
 
+@pytest.mark.usefixtures("training_only")
 def test_a_last_training_batch_of_one_image_at_32_px_trains(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=6)  # 15 training images: batches of 7, 7 and 1
     assert train.main(train_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "7", "--epochs", "1",

@@ -22,6 +22,8 @@ from conftest import fails_with, load, one_error_line, train_args
 from imagegen import make_class_folders
 from effnet.inference.classifier import Classifier
 
+pytestmark = pytest.mark.usefixtures("training_only")  # runs here test training, not its report
+
 REPO = Path(__file__).resolve().parents[1]
 
 
