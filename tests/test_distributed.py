@@ -80,52 +80,51 @@ def test_resume_under_torchrun(distributed_run):
     assert "resuming" in result.stdout and torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
 
 
-def torchrun_patched(tmp_path: Path, patch: str, epochs: int) -> subprocess.CompletedProcess:
-    """torchrun of train.py on generated images, with `patch` (Python source) applied in every process first."""
-    data = make_class_folders(tmp_path / "data", per_class=6)
+def torchrun_patched(data: Path, tmp_path: Path, patch: str, epochs: int,
+                     batch_size: int) -> subprocess.CompletedProcess:
+    """torchrun of train.py on `data`, with `patch` (Python source) applied in every process first."""
     wrapper = tmp_path / "patched_train.py"
     wrapper.write_text(f"import os, sys, train\nfrom effnet.training import loop\n{patch}\nsys.exit(train.main())\n")
-    # batches of 4: each process gets two steps per epoch, so one missing batch leaves the other
-    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", "4"),
+    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", str(batch_size)),
                     script=str(wrapper), timeout=240)
 
 
 def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
     start = time.time()
-    result = torchrun_patched(tmp_path, (
+    result = torchrun_patched(make_class_folders(tmp_path / "data", per_class=6), tmp_path, (
         "real = loop.train_step\n"
         "def step(*args, **kwargs):\n"
         "    if os.environ['RANK'] == '1':\n"
         "        raise RuntimeError('injected failure on rank 1')\n"
         "    return real(*args, **kwargs)\n"
-        "loop.train_step = step"), epochs=3)
+        "loop.train_step = step"), epochs=3, batch_size=4)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert time.time() - start < 200  # stopped, not hung until the collective timeout
 
 
-def test_a_batch_missing_on_one_rank_is_skipped_by_every_rank(tmp_path):
-    """If every image of one process's batch is unreadable, all processes skip that step together;
-    a process skipping alone would leave the others waiting in the gradient all-reduce."""
-    result = torchrun_patched(tmp_path, (
+def test_uneven_batches_across_the_processes_leave_none_waiting(tmp_path):
+    """Two ways for one process to have a batch the other lacks, in one run. Training: every image of rank 1's
+    first batch is unreadable, so every process skips that step together (one skipping alone would leave the
+    other waiting in the gradient all-reduce). Validation: one image for two processes; evaluation runs outside
+    DistributedDataParallel, on rank 0's BatchNorm statistics, so the process without a batch waits for none."""
+    data = make_class_folders(tmp_path / "data", per_class=7)  # red: 6 training images and 1 validation image
+    for name in ("green", "blue"):
+        for path in sorted((data / name).iterdir())[1:]:
+            path.unlink()  # one image each: nothing of theirs is held out
+    result = torchrun_patched(data, tmp_path, (
         "from my_dataset import MyDataSet\n"
         "real = MyDataSet.collate_fn\n"
         "calls = []\n"
         "def collate(batch):\n"
         "    calls.append(1)\n"
-        "    return None if os.environ['RANK'] == '1' and len(calls) == 1 else real(batch)\n"
-        "MyDataSet.collate_fn = staticmethod(collate)"), epochs=1)
+        "    if os.environ['RANK'] == '1' and len(calls) == 1:\n"
+        "        print('rank 1 loses its first batch', flush=True)\n"
+        "        return None\n"
+        "    return real(batch)\n"
+        "MyDataSet.collate_fn = staticmethod(collate)"), epochs=1, batch_size=2)  # 4 images each: 2 steps
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 1/1:" in result.stdout
-
-
-def test_fewer_validation_images_than_processes(tmp_path):
-    """One validation image for two processes: the one with no validation batch must not leave the other
-    waiting (evaluation runs outside DistributedDataParallel, on rank 0's BatchNorm statistics)."""
-    data = make_class_folders(tmp_path / "data", per_class=2)
-    for name in ("green", "blue"):
-        next((data / name).iterdir()).unlink()  # one image each: nothing of theirs is held out
-    result = torchrun(*train_args(data, tmp_path / "runs", "--epochs", "1"), timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 loses its first batch" in result.stdout and "epoch 1/1:" in result.stdout
     run = next((tmp_path / "runs").iterdir())
-    assert int(torch.load(run / "last.pth", weights_only=True)["confusion"].sum()) == 1
+    last = torch.load(run / "last.pth", weights_only=True)
+    assert int(last["confusion"].sum()) == 1
