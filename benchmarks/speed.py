@@ -39,7 +39,8 @@ from effnet.training import recipe
 from effnet.training import loop
 from effnet.data.flower_photos import FLOWER_SAMPLE
 from effnet.inference.classifier import Classifier, weights_or_newest
-from effnet.data.dataset import EvalTransform, TrainTransform, open_image
+from effnet.data.dataset import EvalTransform, TrainTransform
+from effnet.data.images import open_image
 from effnet.hardware import keep_freed_memory_for_reuse
 from effnet.harness import make_large_jpeg
 

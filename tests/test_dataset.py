@@ -14,7 +14,8 @@ from effnet.training import loop
 from conftest import train_args
 from imagegen import class_image, jpeg_bytes, make_class_folders
 from model import MEAN, STD
-from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform, open_image, to_rgb
+from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet, TrainTransform
+from effnet.data.images import open_image, to_rgb
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (90, 70)) -> Image.Image:

@@ -12,14 +12,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from effnet.data import flower_photos
 import model as M
-from effnet.training import recipe
+from effnet.training import flags, recipe
 import train
 from effnet.training import loop
 from effnet.command_line import UsageError
 from conftest import load, train_args
 from effnet.training.distributed import Distributed
 from imagegen import make_class_folders
-from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet, open_image
+from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet
+from effnet.data.images import open_image
 from test_train import _fails_with
 
 pytestmark = pytest.mark.usefixtures("training_only")  # runs here test training, not its report
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 def resolved(*argv: str) -> object:
     """train.py's settings for a new run with these flags, the preset and dependent defaults applied."""
     args = train.build_parser().parse_args(list(argv))
-    return recipe.resolve(args, train.given_flags(list(argv)))
+    return flags.resolve(args, train.given_flags(list(argv)))
 
 
 # --- presets and defaults -------------------------------------------------------------------------------------
@@ -52,16 +53,16 @@ def test_modern_preset_resolves_to_the_flags_the_readme_documents():
     modern, spelled_out = resolved("--recipe", "modern"), resolved(*documented)
     spelled_out.recipe = "modern"
     assert vars(modern) == vars(spelled_out)
-    for key, value in recipe.PRESETS["modern"].items():
+    for key, value in flags.PRESETS["modern"].items():
         assert getattr(modern, key) == value, key
 
 
 def test_flags_given_explicitly_win_over_the_preset():
     args = resolved("--recipe", "modern", "--lr", "0.05", "--opt", "sgd", "--ema", "0.5")
     assert (args.lr, args.opt, args.ema) == (0.05, "sgd", 0.5)
-    assert args.warmup_epochs == recipe.PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
+    assert args.warmup_epochs == flags.PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
     assert args.weight_decay == 1e-4  # the default of the optimizer that was chosen
-    assert resolved("--recipe", "modern", "--opt", "adamw").lr == recipe.PRESETS["modern"]["lr"]
+    assert resolved("--recipe", "modern", "--opt", "adamw").lr == flags.PRESETS["modern"]["lr"]
 
 
 def test_a_presets_warm_up_shortens_to_fit_a_short_run(capsys):

@@ -22,7 +22,7 @@ from effnet import hardware
 from effnet import variants
 from effnet import pretrained as W
 import predict
-from effnet.training import recipe
+from effnet.training import flags
 import train
 from effnet.training import loop
 from conftest import load, train_args
@@ -559,6 +559,6 @@ def test_ctrl_c_while_pytorch_is_imported_is_one_line_and_exit_130(tmp_path):
 
 def test_frozen_layers_on_a_random_backbone_are_warned_about(capsys):
     args = train.build_parser().parse_args(["--weights", "none", "--freeze-layers", "true"])
-    train.build_model(recipe.fill_defaults(args), 3, None, Distributed())
+    train.build_model(flags.fill_defaults(args), 3, None, Distributed())
     warning, = capsys.readouterr().err.splitlines()
     assert warning.startswith("warning: --freeze-layers true with --weights none trains only the head")

@@ -14,9 +14,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
-# Re-exported: the decoding helpers were importable from here before images.py existed.
-from effnet.data.images import IMAGE_EXTENSIONS, Preprocessing, is_image_name, normalize, open_image, oriented_size, \
-    reduce_jpeg_decode, to_rgb  # noqa: F401
+from effnet.data.images import Preprocessing, normalize, open_image, oriented_size, reduce_jpeg_decode, to_rgb
 
 
 def to_normalized_tensor(image: Image.Image) -> torch.Tensor:

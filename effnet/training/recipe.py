@@ -15,9 +15,7 @@ import torchvision.transforms as T
 from torch import nn
 
 from effnet.data.dataset import TrainTransform
-# Re-exported: the recipe's settings lived here before effnet/training/flags.py held them.
-from effnet.training.flags import (ADAMW_LR, AUTO_AUGMENT_NAMES, BEST_METRICS, EMA_DECAY, PRESETS, RECORDED,  # noqa: F401
-                         TUTORIAL, WEIGHT_DECAY, build_parser_recipe, check_recipe, describe, fill_defaults, resolve)
+from effnet.training.flags import AUTO_AUGMENT_NAMES, BEST_METRICS
 from effnet.pretrained import checkpoint_fields
 
 AUTO_AUGMENTS: Mapping[str, Callable[[], Callable] | None] = dict(zip(AUTO_AUGMENT_NAMES, (

@@ -31,7 +31,7 @@ from effnet.output_paths import RunInputs, check_folder_target
 from effnet.training.run_folder import RunFolder, find_resume_checkpoint, new_run_dir, read_resume_checkpoint, read_saved_split, \
     resumed_args, resumed_data_root
 from effnet.hardware import default_workers, keep_freed_memory_for_reuse
-from effnet.training.flags import DEFAULT_DATA_PATH, check_args
+from effnet.training import flags
 from effnet.training.loop import DataSplit
 from effnet.variants import image_settings
 from effnet.pretrained import WeightsError, load_weights
@@ -114,7 +114,7 @@ class Run:
 def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     """Run (or, with args.resume, continue) a training run; `given` names the flags the user wrote."""
     args, resumed = settle_arguments(args, given)
-    check_args(args)
+    flags.check_args(args)
     if resumed is None:
         check_run_place(args)
     ddp, device = init_distributed(args.device)
@@ -134,7 +134,7 @@ def train(args: argparse.Namespace, given: set[str] = frozenset()) -> int:
         folder, progress = resumed.folder, restore_progress(resumed, optimizer, scheduler, steps, settings, ddp)
     else:
         folder, progress = RunFolder.create(args.output_dir, args.name, args.model, ddp), Progress()
-        folder.write_start(split, recipe.describe(args, split.classes, steps.class_weights))
+        folder.write_start(split, flags.describe(args, split.classes, steps.class_weights))
     folder.write_data_check(data_check, split.root)
     run = Run(args, ddp, split, image_settings(args.model, args.image_size), model, raw_model,
               steps.evaluated(eval_model), optimizer, scheduler, steps, settings, folder, progress, data_check)
@@ -152,8 +152,8 @@ def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argpars
     """The settings to train with: for --resume the run's own (and where its images are now)."""
     if not args.resume:
         if args.data_path is None:
-            args.data_path = DEFAULT_DATA_PATH
-        return recipe.resolve(args, given), None
+            args.data_path = flags.DEFAULT_DATA_PATH
+        return flags.resolve(args, given), None
     if args.check_data is not None:  # a resumed run would take its saved settings, which check nothing
         raise UsageError("--check-data checks a data folder without training; leave out --resume (a run's own "
                          "check is in its duplicates.csv)")
@@ -161,7 +161,7 @@ def settle_arguments(args: argparse.Namespace, given: set[str]) -> tuple[argpars
     checkpoint = read_resume_checkpoint(resume_path)
     saved_split = read_saved_split(resume_path.parent)
     data_root = resumed_data_root(args.data_path, saved_split, checkpoint["args"]["data_path"])
-    args = recipe.fill_defaults(resumed_args(args, checkpoint["args"], given))
+    args = flags.fill_defaults(resumed_args(args, checkpoint["args"], given))
     args.data_path = data_root  # saved with the run, for the next resume
     folder = RunFolder(resume_path.parent, writes=int(os.environ.get("RANK", "0")) == 0)
     return args, Resumed(checkpoint, folder, saved_split)
@@ -191,7 +191,7 @@ def load_split(args: argparse.Namespace, resumed: Resumed | None, ddp: Distribut
     if resumed is not None:
         split = DataSplit.from_json(resumed.saved_split, args.data_path)
     else:
-        if args.data_path == DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
+        if args.data_path == flags.DEFAULT_DATA_PATH and not os.path.isdir(args.data_path):
             if ddp.is_main:
                 ensure_flower_photos(args.data_path)
             barrier()
