@@ -28,7 +28,8 @@ from effnet.inference.exported_backends import EXPORT_FORMAT, EXPORTED_SUFFIXES,
 from effnet.output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
 from effnet.variants import variant_name
 from effnet.command_line import ArgumentParser
-from effnet.inference.int8 import DEFAULT_MIN_AGREEMENT, export_int8, int8_path, run_photos
+from effnet.inference.int8 import DEFAULT_MIN_AGREEMENT, export_int8, run_photos
+from effnet.model_choices import int8_path
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
 MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)

@@ -1,7 +1,8 @@
 """The names a user picks a trained model and its runtime by: where runs are and what their checkpoints are
-called, the newest run, the name of torchvision's ImageNet weights, the backends and the precisions (the export
-beside a checkpoint: exported_backends.default_output). Training writes by these
-names and every program finds by them; nothing here imports PyTorch."""
+called, the newest run, the name of torchvision's ImageNet weights, the backends and the precisions, and the
+INT8 export's name beside its float32 one (kept here, not in int8.py, so that a float32 prediction does not
+import the quantizer's module; the float32 export beside a checkpoint: exported_backends.default_output).
+Training writes by these names and every program finds by them; nothing here imports PyTorch."""
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ IMAGENET = "imagenet"  # --weights imagenet: torchvision's ImageNet weights for 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the model (--backend)
 TORCH_PRECISIONS = ("float32", "bfloat16")  # the PyTorch backend's number formats
 PRECISIONS = (*TORCH_PRECISIONS, "int8")  # --precision; int8: an INT8 export (export.py --int8) in ONNX Runtime
+INT8_SUFFIX = ".int8.onnx"  # best.onnx -> best.int8.onnx
 
 
 def is_imagenet(weights: object) -> bool:
@@ -26,3 +28,29 @@ def newest_checkpoint(runs_dir: str | os.PathLike = RUNS_DIR, name_one: str = "p
         raise UsageError(f"no trained checkpoint found under {runs_dir}/*/{BEST_CHECKPOINT}; train one with "
                          f"'python train.py' or {name_one}")
     return candidates[-1]
+
+
+def int8_path(float_export: str | os.PathLike) -> Path:
+    """Where the INT8 export of `float_export` goes: best.onnx -> best.int8.onnx, beside it."""
+    path = Path(float_export)
+    return path.with_name(path.name[:-len(path.suffix)] + INT8_SUFFIX if path.suffix else path.name + INT8_SUFFIX)
+
+
+def is_int8_name(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(INT8_SUFFIX)
+
+
+def float_stem(path: str | os.PathLike) -> Path:
+    """best.int8.onnx -> best (and best.pth or best.onnx -> best): what the checkpoint and exports share."""
+    path = Path(path)
+    name = path.name[:-len(INT8_SUFFIX)] if is_int8_name(path) else path.stem
+    return path.with_name(name)
+
+
+def related_files(weights: str | os.PathLike) -> list[tuple[str, str]]:
+    """(path, what it is) of the INT8 export beside a checkpoint or float32 export, and for an INT8 export the
+    checkpoint and float32 export it came from: files a run may read, which no output may replace."""
+    stem = float_stem(weights)
+    if is_int8_name(weights):
+        return [(f"{stem}.pth", "the checkpoint"), (f"{stem}.onnx", "the exported model")]
+    return [(f"{stem}{INT8_SUFFIX}", "the INT8 export")]

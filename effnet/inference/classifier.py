@@ -29,8 +29,8 @@ from effnet.inference.class_names import ClassNamesError
 from effnet.command_line import UsageError, check_device_name
 from effnet.data.images import Preprocessing
 from effnet.variants import variant_name
-from effnet.model_choices import BACKENDS, RUNS_DIR, is_imagenet, newest_checkpoint
-from effnet.inference import int8
+from effnet.model_choices import BACKENDS, RUNS_DIR, float_stem, int8_path, is_imagenet, is_int8_name, \
+    newest_checkpoint, related_files
 
 
 
@@ -94,7 +94,7 @@ def model_files(weights: str | os.PathLike | None, class_indices: str | None) ->
         found.append((str(path), WEIGHTS_FILES.get(path.suffix.lower(), "the weights")))
         found += [(str(path.with_suffix(suffix)), what) for suffix, what in WEIGHTS_FILES.items()
                   if suffix != path.suffix.lower()]
-        found += int8.related_files(path)  # best.int8.onnx beside best.pth, and the other way round
+        found += related_files(path)  # best.int8.onnx beside best.pth, and the other way round
     class_files = [class_indices] if class_indices else [
         *([str(Path(weights).parent / "class_indices.json")] if weights else []), "class_indices.json"]
     return found + [(path, "the class names file") for path in class_files]
@@ -165,10 +165,10 @@ def _int8_export(weights: str | os.PathLike, backend: str, model_name: str, clas
         raise UsageError(f"--precision int8 runs an INT8 export with ONNX Runtime on the CPU; "
                          f"{needs_torch or '--backend torch'} needs PyTorch in float32: drop one of the two")
     path = Path(str(weights))
-    exported = path if int8.is_int8_name(path) else int8.int8_path(path)
+    exported = path if is_int8_name(path) else int8_path(path)
     if not exported.is_file():
         raise UsageError(f"--precision int8: there is no {exported}; write it with 'python export.py "
-                         f"{int8.float_stem(path)}.pth --int8'")
+                         f"{float_stem(path)}.pth --int8'")
     checkpoint = path if path.suffix.lower() == ".pth" and path.is_file() else None
     return exported_backends.load(exported, "openvino" if backend == "openvino" else "onnxruntime", model_name,
                              class_indices, checkpoint=checkpoint)

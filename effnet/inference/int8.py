@@ -21,8 +21,8 @@ import numpy as np
 from effnet.inference import exported_backends
 from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing
+from effnet.model_choices import int8_path
 
-INT8_SUFFIX = ".int8.onnx"  # best.onnx -> best.int8.onnx
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of validation photos whose top-1 class must stay float32's
 CALIBRATION_PHOTOS = 200  # training photos whose activation ranges are measured, at most
 BATCH = 16  # photos per calibration and scoring batch
@@ -34,32 +34,6 @@ QUANTIZED_OPERATORS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "Globa
 
 class AgreementError(UsageError):
     """The INT8 model disagrees with float32 on too many validation photos; nothing was written."""
-
-
-def int8_path(float_export: str | os.PathLike) -> Path:
-    """Where the INT8 export of `float_export` goes: best.onnx -> best.int8.onnx, beside it."""
-    path = Path(float_export)
-    return path.with_name(path.name[:-len(path.suffix)] + INT8_SUFFIX if path.suffix else path.name + INT8_SUFFIX)
-
-
-def is_int8_name(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(INT8_SUFFIX)
-
-
-def float_stem(path: str | os.PathLike) -> Path:
-    """best.int8.onnx -> best (and best.pth or best.onnx -> best): what the checkpoint and exports share."""
-    path = Path(path)
-    name = path.name[:-len(INT8_SUFFIX)] if is_int8_name(path) else path.stem
-    return path.with_name(name)
-
-
-def related_files(weights: str | os.PathLike) -> list[tuple[str, str]]:
-    """(path, what it is) of the INT8 export beside a checkpoint or float32 export, and for an INT8 export the
-    checkpoint and float32 export it came from: files a run may read, which no output may replace."""
-    stem = float_stem(weights)
-    if is_int8_name(weights):
-        return [(f"{stem}.pth", "the checkpoint"), (f"{stem}.onnx", "the exported model")]
-    return [(f"{stem}{INT8_SUFFIX}", "the INT8 export")]
 
 
 @dataclass(frozen=True)
