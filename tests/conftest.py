@@ -4,6 +4,7 @@ import functools
 import http.server
 import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +43,19 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
                 value = torch.randn(shape, generator=generator) * tensor[0].numel() ** -0.5
             tensor.copy_(value)
     return module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_reaches_the_programs() -> Iterator[None]:
+    """Several tests press Ctrl-C (SIGINT) in a program they start. A shell starts a background job (`cmd &`)
+    with SIGINT ignored, and an ignored signal stays ignored in every child, so those programs would never see
+    it; Python's own handler here is reset to the default in each child instead."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        yield
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
