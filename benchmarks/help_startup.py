@@ -8,34 +8,20 @@ fraction of PyTorch's import time: the goal is under half of it. Each round runs
 fresh process; the median of the rounds is reported, so a busy moment hits every command alike.
 """
 import argparse
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.deployment import alternate_processes
+
 PROGRAMS = ("train", "predict", "evaluate", "export", "app")
 GOAL = 0.5  # the largest fraction of PyTorch's import time that --help may take
 
 
-def wall_time(command: list[str]) -> float:
-    """Seconds from starting `command` to its exit (it must succeed)."""
-    start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
 def measure(rounds: int) -> dict[str, float]:
-    """Median seconds of each command over `rounds` rounds."""
+    """Median seconds of each command over `rounds` alternating rounds, after a warm-up run of each (a first
+    import fills the file cache: not what a user waits for twice)."""
     commands = {"import torch": [sys.executable, "-c", "import torch"],
                 **{f"{name}.py --help": [sys.executable, f"{name}.py", "--help"] for name in PROGRAMS}}
-    times: dict[str, list[float]] = {label: [] for label in commands}
-    wall_time(commands["import torch"])  # a first import fills the file cache: not what a user waits for twice
-    for _ in range(rounds):
-        for label, command in commands.items():
-            times[label].append(wall_time(command))
-    return {label: statistics.median(values) for label, values in times.items()}
+    return {label: seconds for label, (seconds, _) in alternate_processes(commands, rounds).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from benchmarks.deployment import Comparison
 from effnet.inference import int8
 from effnet.inference.session_cache import cpu_identity
 from effnet.data.class_folders import scan_class_folders
+from effnet.data.flower_photos import FLOWER_SAMPLE
 
 INSTRUCTIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
                 "asimddp", "i8mm")  # what decides the speed of INT8 and float32 kernels
@@ -117,7 +118,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a run folder of train.py (best.pth and split.json)")
-    parser.add_argument("--photos", default="data/flower_sample", help="class folders of real photos to compare on")
+    parser.add_argument("--photos", default=str(FLOWER_SAMPLE),
+                        help="class folders of real photos to compare on (default data/flower_sample)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per batch size (default 5)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="int8_speed.") as folder:

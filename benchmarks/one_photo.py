@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.deployment import REPO, alternate_processes, run_process
+from effnet.data.flower_photos import FLOWER_SAMPLE
 
 # The plain script, step by step: each step's name (for the timing of phases) and its lines.
 PLAIN_STEPS = {
@@ -81,14 +82,20 @@ def prepare(workdir: Path, run: str | None, photo: str) -> tuple[Path, int, int]
         for name in ("best.pth", "best.onnx"):
             shutil.copy2(Path(run) / name, folder / name)  # file times kept: the export stays up to date
     else:
-        from benchmarks import deployment
+        from effnet.harness import write_random_run
 
-        photos = sorted(glob.glob(str(REPO / "data/flower_sample/*/*.jpg"))) or [photo]  # BatchNorm statistics
-        folder = deployment.prepare(workdir, None, photos).checkpoint.parent
+        folder = workdir / "run"
+        folder.mkdir()
+        write_random_run(folder, photos=sample_photos() or [photo])  # the photos set its BatchNorm statistics
     from effnet.inference import exported_backends
 
     preprocessing = exported_backends.OnnxRuntimeBackend(folder / "best.onnx").preprocessing
     return folder, preprocessing.resize, preprocessing.crop
+
+
+def sample_photos() -> list[str]:
+    """The photos of data/flower_sample, class by class."""
+    return sorted(glob.glob(os.path.join(FLOWER_SAMPLE, "*", "*.jpg")))
 
 
 def phase_medians(commands: dict[str, list[str]], rounds: int) -> dict[str, dict[str, float]]:
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photo", default=None, help="the photo (default: the first of data/flower_sample)")
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds, at least 5 (default 9)")
     args = parser.parse_args(argv)
-    photo = os.path.abspath(args.photo or sorted(glob.glob(str(REPO / "data/flower_sample/*/*.jpg")))[0])
+    photo = os.path.abspath(args.photo or sample_photos()[0])
     with tempfile.TemporaryDirectory(prefix="one_photo.") as folder:
         workdir = Path(folder)
         os.environ["XDG_CACHE_HOME"] = str(workdir / "cache")  # predict.py's cache starts empty

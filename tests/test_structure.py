@@ -97,8 +97,9 @@ def test_modules_and_functions_stay_small(name):
 
 
 @pytest.mark.parametrize("command", [["train.py"], ["predict.py"], ["evaluate.py"], ["export.py"], ["app.py"],
-                                     ["-m", "benchmarks.speed"],
-                                     ["-m", "benchmarks.training_recipes"]])
+                                     *[["-m", f"benchmarks.{name}"] for name in (
+                                         "speed", "training_recipes", "duplicate_detection", "data_check_cost",
+                                         "label_issue_recall", "help_startup", "int8_speed", "one_photo")]])
 def test_every_program_and_benchmark_answers_help(command):
     result = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]

@@ -36,6 +36,7 @@ PAIR_BLOCK = 1 << 21  # picture hashes compared at once (32 MiB of 64-bit words)
 KEEP_FIRST = ("test", "val", "train")  # the copy --drop-duplicates keeps: a held-out one, so test sets stay as given
 DUPLICATE_COLUMNS = ("kind", "distance", "images", "paths", "classes", "splits", "label_conflict", "leakage")
 SEPARATOR = " | "  # between the members of a group in one CSV cell
+DATA_CHECK = "data_check.json"  # a run's fingerprints of its images: --resume and evaluate.py reuse them
 
 # The cosine basis of the lowest FREQUENCIES of a HASH_SIDE-point DCT-II: low = basis @ pixels @ basis.T
 _BASIS = np.cos(np.pi * np.outer(np.arange(FREQUENCIES), 2 * np.arange(HASH_SIDE) + 1) / (2 * HASH_SIDE))
@@ -341,7 +342,7 @@ def copies_of_training_photos(run_dir: str | os.PathLike, photos: Sequence[str])
         training = [(os.path.join(root, relative), "", "train") for relative, _ in split["train"]]
     except (OSError, ValueError, KeyError, TypeError):  # no run folder, or a damaged one: nothing to compare with
         return []
-    trained, _ = fingerprint_images(training, root, read_saved_fingerprints(os.path.join(run_dir, "data_check.json")))
+    trained, _ = fingerprint_images(training, root, read_saved_fingerprints(os.path.join(run_dir, DATA_CHECK)))
     checked, _ = fingerprint_images(((photo, "", "") for photo in photos), os.sep)
     trained = [image for image in trained if image.error is None]
     checked = [image for image in checked if image.error is None]

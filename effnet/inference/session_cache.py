@@ -89,18 +89,11 @@ def cache_key(path: Path, folder: Path, settings: str) -> str:
 
 
 def _write_atomically(path: Path, data: bytes, keep: int) -> None:
-    """`data` into `path` through a temporary file renamed into place; then only the `keep` newest files of
-    its folder stay."""
-    import tempfile  # only to write: a run that finds its copy does without
+    """`data` into `path`, atomically; then only the `keep` newest files of its folder stay."""
+    from effnet.atomic_files import write_bytes  # only to write: a run that finds its copy does without it
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    descriptor, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    finally:
-        _remove(Path(temporary))
+    write_bytes(path, data)
     _prune(path.parent, keep)
 
 
@@ -145,26 +138,19 @@ def create_session(path: str | os.PathLike, options: Any) -> Any:
 
 
 def _session_saving_copy(path: Path, options: Any, copy: Path) -> Any:
-    """A session of `path` that also saves its optimised graph as `copy`; without the copy if it cannot be
-    saved."""
-    import tempfile
-
+    """A session of `path` that also saves its optimised graph as `copy`, atomically; without the copy if it
+    cannot be saved."""
     import onnxruntime
+
+    from effnet.atomic_files import atomic_path
 
     try:
         copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=copy.parent)
-        os.close(descriptor)
-    except OSError:
-        return onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS)
-    try:
-        options.optimized_model_filepath = temporary
-        session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS)
-        os.replace(temporary, copy)
+        with atomic_path(copy) as temporary:  # ONNX Runtime writes the copy there as it builds the session
+            options.optimized_model_filepath = temporary
+            session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS)
     except Exception:  # the export itself is bad (reported as without the cache), or the copy could not be written
         options.optimized_model_filepath = ""
         session = onnxruntime.InferenceSession(str(path), options, providers=PROVIDERS)
-    finally:
-        _remove(Path(temporary))
     _prune(copy.parent, MAX_MODELS)
     return session

@@ -5,7 +5,7 @@ probability of that other class is at least the average probability the model gi
 labelled with it (the per-class threshold of "confident learning", Northcutt et al. 2021). The list is ranked
 by the probability of the given class, lowest first. Its worth is the model's: a model trained briefly from
 scratch lists many photos it simply gets wrong, so the list is photos to look at, not errors found (README).
-No PyTorch here: the probabilities come from evaluation.evaluate_images.
+No PyTorch here: the probabilities come from scoring.evaluate_images.
 """
 import math
 import os

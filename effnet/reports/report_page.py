@@ -23,7 +23,7 @@ from effnet.reports.scoring import Evaluation
 from effnet.atomic_files import write_text
 from effnet.data.images import open_image, reduce_jpeg_decode, to_rgb
 from effnet.output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
-from effnet.reports.chance import learned_nothing
+from effnet.reports.chance import chance_level, learned_nothing
 
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
 GRAD_CAM_COUNT = 6  # Grad-CAM overlays for the worst few: each costs a forward and a backward pass
@@ -209,9 +209,9 @@ def label_issues_html(issues: Sequence[Any], examined: int, accuracy: float, cla
     note = (f"best.pth puts {len(issues)} of the {examined} images of the run in another class, at least as "
             f"confidently as it recognises that class on its own images; least likely label first"
             f"{'' if len(shown) == len(issues) else f', the first {len(shown)} shown'} (label_issues.csv lists them "
-            f"all). best.pth is right on {accuracy:.0%} of the validation images (guessing: {1 / classes:.0%}); a "
-            f"model trained briefly, or from scratch, doubts many right labels: these are photos to look at, not "
-            f"errors found.")
+            f"all). best.pth is right on {accuracy:.0%} of the validation images (guessing: "
+            f"{chance_level(classes):.0%}); a model trained briefly, or from scratch, doubts many right labels: these "
+            f"are photos to look at, not errors found.")
     cards = "".join(f'<figure><div class="pictures">{_picture(lambda path=issue.path: thumbnail(path), "photo")}'
                     f'</div><figcaption>given <b>{_text(issue.given)}</b> ({issue.given_probability:.1%}), best.pth '
                     f'says <span class="wrong">{_text(issue.predicted)}</span> ({issue.predicted_probability:.1%}) · '

@@ -34,7 +34,7 @@ from effnet.inference.classifier import Classifier
 from effnet.training.loop import DataSplit
 from effnet.variants import VARIANTS
 from effnet.pretrained import WeightsError, checkpoint_header, read_weights_file
-from effnet.data.duplicates import DUPLICATE_COLUMNS, DataCheck, check_images, describe_groups, \
+from effnet.data.duplicates import DATA_CHECK, DUPLICATE_COLUMNS, DataCheck, check_images, describe_groups, \
     read_saved_fingerprints, write_duplicates_csv
 from effnet.reports.label_issues import rank_label_issues, write_label_issues
 from effnet.output_paths import OutputKind, header_matches
@@ -43,7 +43,6 @@ from effnet.reports.chance import chance_level
 # settings that may differ when a run is resumed: where and how fast it runs, not what it computes
 MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
                     "sync_bn")
-DATA_CHECK = "data_check.json"  # the fingerprints of the run's images: a resumed run does not compute them again
 # Drawing curves.png takes 0.2-0.6 s on a CPU: after every epoch of a real run (minutes each), but on a small sample,
 # where an epoch takes a second or two, redrawing it every time would slow the whole run by a third
 CURVES_TIME_SHARE = 0.05
