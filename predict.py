@@ -18,17 +18,15 @@ From a notebook:
 import argparse
 import collections
 import contextlib
-import csv
 import glob
 import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from effnet.reports import figures
 from effnet.command_line import UsageError, one_line, printable, report
 from effnet.data.images import images_under, is_image_name
 from effnet.command_line import ArgumentParser
@@ -58,7 +56,15 @@ def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
             yield Scored(argument, error="no such file")
 
 
-FIGURE_SUFFIXES = tuple(f".{suffix}" for suffix in figures.MARKED_FORMATS)  # the formats whose figures are marked
+def figures() -> ModuleType:
+    """The plotting module, imported when a figure is drawn or a folder is scanned for figures: a run that
+    classifies one photo does without it (its whole run takes about 0.2 s)."""
+    from effnet.reports import figures as module
+
+    return module
+
+
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg")  # figures.MARKED_FORMATS: the formats whose figures are marked
 
 
 def _photos_among(paths: Iterable[str], argument: str, none_found: str) -> Iterator[str | Scored]:
@@ -66,7 +72,7 @@ def _photos_among(paths: Iterable[str], argument: str, none_found: str) -> Itera
     error `none_found` when nothing is left."""
     photos = passed_over = 0
     for path in paths:
-        if path.lower().endswith(FIGURE_SUFFIXES) and figures.is_prediction_figure(path):
+        if path.lower().endswith(FIGURE_SUFFIXES) and figures().is_prediction_figure(path):
             passed_over += 1
         else:
             photos += 1
@@ -114,7 +120,8 @@ def check_figure_name(template: str | None) -> None:
 
 # What predict.py writes, and how it knows its own earlier files (output_paths.py has the rule).
 CSV_OUTPUT = OutputKind("a CSV table of predict.py", header_matches(r"image(,class_\d+,probability_\d+)+,error"))
-FIGURE_OUTPUT = OutputKind("a figure of predict.py", figures.is_prediction_figure, scans_pass_over=True)
+FIGURE_OUTPUT = OutputKind("a figure of predict.py", lambda path: figures().is_prediction_figure(path),
+                           scans_pass_over=True)
 UNMARKED_FIGURE_OUTPUT = OutputKind("a figure of predict.py", None,
                                     f"(only its {', '.join(FIGURE_SUFFIXES)} figures say so)")
 
@@ -141,13 +148,13 @@ def write_figures(classifier: Classifier, result: Prediction, args: argparse.Nam
         view, cam, _ = classifier.grad_cam(result.source)
         cam_path = figure_path(args.save or os.path.join(args.cam_dir, ""), result.source, position, "_cam",
                                stem_shared)
-        figures.prediction_figure(view, title, result.ranked, target(cam_path, "--save" if args.save else "--cam-dir"),
+        figures().prediction_figure(view, title, result.ranked, target(cam_path, "--save" if args.save else "--cam-dir"),
                                   cam=cam)
     if args.save or args.show:
         if view is None:
             view = classifier.preprocessing.load_view(result.source)
         saved = figure_path(args.save, result.source, position, stem_shared=stem_shared)
-        figures.prediction_figure(view, title, result.ranked, target(saved, "--save"), show=args.show)
+        figures().prediction_figure(view, title, result.ranked, target(saved, "--save"), show=args.show)
 
 
 class Output:
@@ -167,6 +174,8 @@ class Output:
 
             self.bar = tqdm(unit="image", delay=self.progress_delay, file=sys.stderr, dynamic_ncols=True)
         if args.csv:
+            import csv  # only for --csv
+
             self.csv_file = open(args.csv, "w", newline="", encoding="utf-8")  # closed in close()
             self.csv = csv.writer(self.csv_file)
             ranks = range(1, self.top_k + 1)
@@ -214,11 +223,16 @@ class Output:
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) back until the block is done, then act on it as Python would have: a result is then
     in every output (stdout, --csv) or in none."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    except ValueError:  # not the main thread, the only one that may set handlers: nothing to hold back
+        holding = False
+    else:
+        holding = True
+    if not holding:
         yield
         return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
@@ -320,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top_k is not None and args.top_k < 1 or args.batch_size < 1:
         return report("--top-k and --batch-size must be at least 1")
-    no_window = args.show and figures.why_no_window()  # matplotlib would draw nowhere, and say little
+    no_window = args.show and figures().why_no_window()  # matplotlib would draw nowhere, and say little
     if no_window:
         print(f"warning: --show: {no_window}, so no window opens; keep the figures with --save FILE.png",
               file=sys.stderr)

@@ -9,3 +9,9 @@ def test_loss_curves_switch_to_a_log_scale_only_when_a_spike_would_flatten_them(
     assert [figures.curves_figure(history).axes[0].get_yscale() for history in (calm, spiked)] == ["linear", "log"]
     figures.plot_curves(spiked, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_predict_passes_over_the_formats_whose_figures_carry_its_mark():
+    import predict  # which names it without importing this module: a one-photo run does without it
+
+    assert set(predict.FIGURE_SUFFIXES) == {f".{suffix}" for suffix in figures.MARKED_FORMATS}

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,20 @@ def test_ctrl_c_waits_until_a_result_is_in_every_output():
                 os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_results_written_from_another_thread_go_through():
+    written = []
+
+    def write() -> None:
+        with predict.interrupts_deferred():  # only the main thread may hold Ctrl-C back; others just write
+            written.append("result")
+
+    worker = threading.Thread(target=write)
+    worker.start()
+    worker.join()
+    assert written == ["result"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # --- issue 21: --csv follows the rule of --save; what a file name or a file may hold ------------------------------

@@ -15,8 +15,8 @@ PyTorch, the torch backend.
 import argparse
 import os
 import sys
+import itertools
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
@@ -199,6 +199,16 @@ def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, cla
         return None
 
 
+class _DecodedWhenAsked:
+    """For one image, in place of a thread pool's Future: decodes it in the thread that asks for the result."""
+
+    def __init__(self, decode: Any, image: Any) -> None:
+        self.decode, self.image = decode, image
+
+    def result(self) -> np.ndarray:
+        return self.decode(self.image)
+
+
 class Classifier:
     """Preprocessing, a backend, and ranking: images in, (class, probability) lists out.
 
@@ -270,23 +280,33 @@ class Classifier:
         Decoding runs in a pool of threads ahead of the model (Pillow and numpy release the GIL), at most
         two batches ahead, so a folder of a million photos starts yielding at once in constant memory. An
         unreadable image comes back with its error and the others go on; an item that is a Scored already
-        (an input that failed before, with its error set) passes through in its place.
+        (an input that failed before, with its error set) passes through in its place. A single image is
+        decoded in this thread: a one-photo run does without the pool (and without importing it).
         """
-        workers = workers or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-            pending: deque[tuple[str, Future | Scored]] = deque()
-            for image in images:
-                if isinstance(image, Scored):
-                    pending.append((image.source, image))
-                else:
-                    source = "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image)
-                    pending.append((source, pool.submit(self.preprocess, image)))
+        images = iter(images)
+        first = list(itertools.islice(images, 2))
+        if len(first) < 2:
+            yield from self._score_batch([self._work(image, _DecodedWhenAsked) for image in first])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1), thread_name_prefix="decode") as pool:
+            pending: deque[tuple[str, Any]] = deque()
+            for image in itertools.chain(first, images):
+                pending.append(self._work(image, pool.submit))
                 if len(pending) >= 2 * batch_size:
                     yield from self._score_batch([pending.popleft() for _ in range(batch_size)])
             while pending:
                 yield from self._score_batch([pending.popleft() for _ in range(min(batch_size, len(pending)))])
 
-    def _score_batch(self, batch: list[tuple[str, Future | Scored]]) -> list[Scored]:
+    def _work(self, image: str | os.PathLike | Image.Image | Scored, start: Any) -> tuple[str, Any]:
+        """(source, what _score_batch takes): a Scored passes through; an image's decoding is started with
+        `start(function, image)`, which returns something whose .result() gives its pixels (a Future)."""
+        if isinstance(image, Scored):
+            return image.source, image
+        return "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image), start(self.preprocess, image)
+
+    def _score_batch(self, batch: list[tuple[str, Any]]) -> list[Scored]:
         results, decoded, arrays = [], [], []
         for source, work in batch:
             if isinstance(work, Scored):
