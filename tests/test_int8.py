@@ -29,8 +29,15 @@ def int8_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
         keep_the_float_export(patch, run)
+        real_range = int8._CalibrationPhotos.set_range
+        patch.setattr(int8._CalibrationPhotos, "set_range",
+                      lambda self, start_index, end_index: (CALIBRATION_RANGES.append((start_index, end_index)),
+                                                            real_range(self, start_index, end_index)))
         assert export.main([str(run / "best.pth"), "--int8"]) == 0
     return run, out.getvalue()
+
+
+CALIBRATION_RANGES: list[tuple[int, int]] = []  # the batches ONNX Runtime's calibrator asked for, pass by pass
 
 
 def keep_the_float_export(patch: pytest.MonkeyPatch, run: Path) -> None:
@@ -51,6 +58,9 @@ def test_the_int8_export_of_a_trained_run_agrees_with_float32_and_says_so(int8_r
     assert metadata["precision"] == "int8" and metadata["format"] == exported_backends.EXPORT_FORMAT
     calibration, agreement = json.loads(metadata["calibration"]), json.loads(metadata["agreement"])
     assert calibration["photos"] == min(len(split["train"]), int8.CALIBRATION_PHOTOS)
+    assert calibration["method"] == f"Percentile {int8.CALIBRATION_PERCENTILE}"
+    batches = -(-calibration["photos"] // int8.CALIBRATION_BATCH)  # one pass per batch: memory for one batch only
+    assert CALIBRATION_RANGES == [(index, index + 1) for index in range(batches)]
     assert calibration["format"] == "QDQ" and calibration["weights"] == "int8 per channel"
     assert agreement["photos"] == validation and agreement["same_top1"] >= 0.99 * validation
     assert f"for {agreement['same_top1']} of {validation} validation photos" in out
