@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Iterable, Iterator, Sequence
@@ -223,16 +224,11 @@ class Output:
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) back until the block is done, then act on it as Python would have: a result is then
     in every output (stdout, --csv) or in none."""
-    caught: list[int] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
-    except ValueError:  # not the main thread, the only one that may set handlers: nothing to hold back
-        holding = False
-    else:
-        holding = True
-    if not holding:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
     try:
         yield
     finally:

@@ -13,9 +13,9 @@ whose up-to-date export lies beside it (best.onnx beside best.pth); otherwise, o
 PyTorch, the torch backend.
 """
 import argparse
+import itertools
 import os
 import sys
-import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -141,16 +141,17 @@ def score(float32: Any, int8: Any, photos: RunPhotos, min_agreement: float) -> A
 
 
 class _CalibrationPhotos:
-    """ONNX Runtime's CalibrationDataReader interface over the readable calibration photos, batch by batch,
-    with the range interface its strided calibration uses to take one batch at a time (CalibStridedMinMax)."""
+    """ONNX Runtime's CalibrationDataReader interface over the readable calibration photos, decoded once,
+    batch by batch, with the range interface its strided calibration uses to take one batch at a time
+    (CalibStridedMinMax). The photos' pixels are small beside what the calibrator holds per batch."""
 
     def __init__(self, photos: Sequence[str], preprocessing: Preprocessing, input_name: str) -> None:
-        readable = [photos[i] for _, positions in preprocessed(photos, preprocessing) for i in positions]
-        self.batches = [readable[start:start + CALIBRATION_BATCH]
-                        for start in range(0, len(readable), CALIBRATION_BATCH)]
-        self.preprocessing, self.input_name = preprocessing, input_name
-        self.pending: Iterator[list[str]] = iter(self.batches)
-        self.used = 0
+        pixels = [array for batch, _ in preprocessed(photos, preprocessing) for array in batch]
+        self.batches = [np.stack(pixels[start:start + CALIBRATION_BATCH])
+                        for start in range(0, len(pixels), CALIBRATION_BATCH)]
+        self.input_name = input_name
+        self.pending: Iterator[np.ndarray] = iter(self.batches)
+        self.used = len(pixels)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -159,12 +160,8 @@ class _CalibrationPhotos:
         self.pending = iter(self.batches[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        photos = next(self.pending, None)
-        if photos is None:
-            return None
-        batch = np.stack([self.preprocessing.load(photo) for photo in photos])
-        self.used += len(batch)
-        return {self.input_name: batch}
+        batch = next(self.pending, None)
+        return None if batch is None else {self.input_name: batch}
 
 
 def quantize(float_export: Path, output: str, photos: Sequence[str], preprocessing: Preprocessing) -> int:
