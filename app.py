@@ -19,9 +19,9 @@ import sys
 from typing import Any
 
 from effnet.command_line import UsageError, report
-from effnet.inference.classifier import add_model_flags, classifier_from_flags, newest_checkpoint
+from effnet.run_files import newest_checkpoint
 from effnet.command_line import ArgumentParser
-from effnet.inference.classifier import add_precision_flag
+from effnet.model_flags import add_model_flags, add_precision_flag, classifier_from_flags
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MiB = 2**20

@@ -23,9 +23,8 @@ from effnet.atomic_files import write_json
 from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders
 from effnet.data.images import IMAGE_EXTENSIONS
 from effnet.command_line import ArgumentParser
-from effnet.inference.classifier import Classifier, NonFiniteOutputError, add_model_flags, classifier_from_flags, model_files, \
-    weights_or_newest
-from effnet.inference.classifier import add_precision_flag
+from effnet.inference.classifier import Classifier, NonFiniteOutputError, model_files, weights_or_newest
+from effnet.model_flags import add_model_flags, add_precision_flag, classifier_from_flags
 from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
     generator_field, marked_at_start
 from effnet.data.duplicates import copies_of_training_photos

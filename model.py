@@ -3,7 +3,7 @@
 The state_dict keys follow the tutorial's layout (``features.stem_conv``, ``features.1a.block.dwconv``,
 ``features.top``, ``classifier.1``) so its checkpoints load unchanged; the arithmetic is torchvision's, so
 with the same weights both give the same outputs. This file holds the network and its factories; the
-numbers of B0 ... B7 live in variants.py and the reading of weight files in pretrained.py.
+numbers of B0 ... B7 live in variants.py, the reading of weight files in checkpoints.py and weights.py.
 """
 import contextlib
 import functools
@@ -20,7 +20,8 @@ from torch.nn import functional as F
 # Re-exported so that `from model import VARIANTS, MEAN, load_weights, _make_divisible` keeps working.
 from effnet.variants import BASELINE_STAGES, MEAN, STD, VARIANTS, _make_divisible, head_channels, stage_repeats, \
     variant_name  # noqa: F401
-from effnet.pretrained import WeightsError, checkpoint_header, is_checkpoint, load_weights, read_weights_file  # noqa: F401
+from effnet.checkpoints import WeightsError, checkpoint_header, is_checkpoint, read_weights_file  # noqa: F401
+from effnet.weights import load_weights  # noqa: F401
 
 
 class _BatchNormSiLU(torch.autograd.Function):

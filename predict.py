@@ -17,29 +17,24 @@ From a notebook:
 """
 import argparse
 import collections
-import contextlib
 import glob
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-from effnet.command_line import UsageError, one_line, printable, report
+from effnet.command_line import ArgumentParser, UsageError, exit_now, interrupts_deferred, one_line, printable, report
 from effnet.data.images import images_under, is_image_name
-from effnet.command_line import ArgumentParser
 # Re-exported for notebooks and scripts written against earlier versions of this file.
 from effnet.inference.classifier import (Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
-                       add_model_flags, classifier_from_flags, classify, model_files, newest_checkpoint,
-                       weights_or_newest)
-from effnet.model_choices import PRECISIONS, RUNS_DIR as DEFAULT_RUNS_DIR  # noqa: F401 (re-exported)
-from effnet.inference.classifier import add_precision_flag
-from effnet.command_line import exit_now
+                                         classify, model_files, weights_or_newest)
+from effnet.inference.runtimes import PRECISIONS
+from effnet.model_flags import add_model_flags, add_precision_flag, classifier_from_flags
 from effnet.output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
-                          header_matches)
+                                 header_matches)
+from effnet.run_files import RUNS_DIR as DEFAULT_RUNS_DIR, newest_checkpoint  # noqa: F401 (re-exported)
 
 def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
     """Files, folders (searched recursively for images) and globs, in order, as paths; an argument that
@@ -218,25 +213,6 @@ class Output:
             self.bar.close()
         if self.csv_file:
             self.csv_file.close()
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the block is done, then act on it as Python would have: a result is then
-    in every output (stdout, --csv) or in none."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):  # Python's own handler raises KeyboardInterrupt
-            previous(signal.SIGINT, None)
-        elif caught and previous == signal.SIG_DFL:  # the default would have ended the program
-            raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:

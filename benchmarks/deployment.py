@@ -171,7 +171,7 @@ def throughput(kinds: Sequence[str], model: Path | Mapping[str, Path], batch: in
 
 
 def throughput_rows(model: Path, crop: int, rounds: int) -> list[Comparison]:
-    from effnet.inference.exported_backends import is_installed
+    from effnet.inference.runtimes import is_installed
 
     openvino = is_installed("openvino")
     kinds = ["plain onnxruntime", "ours, onnxruntime", "ours, torch"]
@@ -254,10 +254,11 @@ def prepare(workdir: Path, weights: str | None, photos: Sequence[str]) -> Setup:
     import torch
 
     import model as M
-    from effnet.harness import write_random_run
-    from effnet.inference.exported_backends import default_output
+    from tests.harness import write_random_run
+    from effnet.run_files import default_output
     from effnet.inference.onnx_conversion import export_checkpoint
-    from effnet.pretrained import read_weights_file, torchvision_key_map
+    from effnet.checkpoints import read_weights_file
+    from effnet.weights import torchvision_key_map
 
     run = workdir / "run"
     run.mkdir()

@@ -21,7 +21,7 @@ import numpy as np
 
 from effnet.inference.classifier import Classifier
 from effnet.hardware import keep_freed_memory_for_reuse
-from effnet.harness import AppServer, write_random_run
+from tests.harness import AppServer, write_random_run
 
 CLIENTS = (1, 8)
 REQUESTS_PER_ROUND = 64  # per round and server, shared among the clients

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks import deployment
 from effnet.inference import exported_backends
+from effnet.inference.runtimes import is_installed
 from benchmarks.deployment import Comparison
 from effnet.inference import int8
 from effnet.inference.session_cache import cpu_identity
@@ -79,7 +80,7 @@ def agreement_rows(label: str, agreement: int8.Agreement) -> list[str]:
 def speed_rows(exported: Path, quantized: Path, crop: int, rounds: int) -> tuple[list[Comparison], bool]:
     """Images/s of each runtime on each file at batch 1 and 32; whether INT8 ONNX Runtime won at both."""
     runtimes = {"onnxruntime": "ONNX Runtime"}
-    if exported_backends.is_installed("openvino"):
+    if is_installed("openvino"):
         runtimes["openvino"] = "OpenVINO"
     models = {f"plain {kind}@{precision}": path for kind in runtimes
               for precision, path in (("float32", exported), ("int8", quantized))}
@@ -106,7 +107,7 @@ def machine() -> str:
                                                     if ":" in line)}
     flags = (lines.get("flags") or lines.get("Features") or "").split()
     versions = f"onnxruntime {onnxruntime.__version__}"
-    if exported_backends.is_installed("openvino"):
+    if is_installed("openvino"):
         import openvino
 
         versions += f", openvino {openvino.__version__.split('-')[0]}"

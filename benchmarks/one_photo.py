@@ -82,7 +82,7 @@ def prepare(workdir: Path, run: str | None, photo: str) -> tuple[Path, int, int]
         for name in ("best.pth", "best.onnx"):
             shutil.copy2(Path(run) / name, folder / name)  # file times kept: the export stays up to date
     else:
-        from effnet.harness import write_random_run
+        from tests.harness import write_random_run
 
         folder = workdir / "run"
         folder.mkdir()

@@ -36,13 +36,13 @@ from torch import nn
 
 import model as M
 from effnet.training import recipe
-from effnet.training import loop
 from effnet.data.flower_photos import FLOWER_SAMPLE
 from effnet.inference.classifier import Classifier, weights_or_newest
-from effnet.data.dataset import EvalTransform, TrainTransform
-from effnet.data.images import open_image
+from effnet.training.steps import StepSettings, train_mode
+from my_dataset import MyDataSet, crop_decode_size, eval_transform, train_transform
+from utils import train_step
 from effnet.hardware import keep_freed_memory_for_reuse
-from effnet.harness import make_large_jpeg
+from tests.harness import make_large_jpeg
 
 SECTIONS = ("inference", "training", "memory", "data", "agreement", "deployment", "api")
 
@@ -136,12 +136,12 @@ def inference_rows(variant: str, device: torch.device, rounds: int) -> list[Row]
 
 
 def training_setup(name: str, variant: str, device: torch.device, checkpointing: bool = False,
-                   frozen: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, loop.StepSettings]:
+                   frozen: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, StepSettings]:
     """(model, optimizer, settings) of one contender: "reference" (torchvision, plain), "ours" (as train.py
     runs by default), or on a GPU torchvision / timm with our speed settings."""
-    defaults = loop.StepSettings.for_device(device)  # what train.py runs with by default
+    defaults = StepSettings.for_device(device)  # what train.py runs with by default
     if name == "reference":
-        model, settings = same_weights(variant, 5)[0], loop.StepSettings(device=device, channels_last=False)
+        model, settings = same_weights(variant, 5)[0], StepSettings(device=device, channels_last=False)
     elif name == "ours":
         model, settings = same_weights(variant, 5)[1], defaults
         model.set_grad_checkpointing(checkpointing)
@@ -155,7 +155,7 @@ def training_setup(name: str, variant: str, device: torch.device, checkpointing:
     model.to(device, memory_format=memory_format)
     if frozen:
         recipe.freeze_all_but_head(model)
-    loop.train_mode(model)
+    train_mode(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=1e-4), settings
 
@@ -186,7 +186,7 @@ def training_rows(variant: str, device: torch.device, rounds: int, batch: int = 
         def step(name: str) -> Callable[[], None]:
             model, optimizer, settings = setups[name]
             x, y = settings.to_device(images, labels)
-            return lambda: loop.train_step(model, optimizer, loss_function, x, y, settings)
+            return lambda: train_step(model, optimizer, loss_function, x, y, settings)
 
         candidates = {name: (step(name), name != "reference") for name in setups}
         if device.type == "cpu" and not frozen:
@@ -215,7 +215,7 @@ def _memory_child(variant: str, which: str, checkpointing: bool, allocator: bool
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark (VmHWM) to the current resident size
     before = _status_mib("VmHWM")
-    loop.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
+    train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
     queue.put(_status_mib("VmHWM") - before)
 
 
@@ -240,11 +240,11 @@ def _peak_cuda(variant: str, which: str, checkpointing: bool, batch: int, device
     model, optimizer, settings = training_setup(which, variant, device, checkpointing)
     size = M.VARIANTS[variant].train_size
     x, y = settings.to_device(torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,)))
-    loop.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)  # optimizer state exists now
+    train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)  # optimizer state exists now
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    loop.train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
+    train_step(model, optimizer, nn.CrossEntropyLoss(), x, y, settings)
     torch.cuda.synchronize(device)
     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     del model, optimizer
@@ -284,7 +284,8 @@ def data_rows(photos: list[str], rounds: int) -> list[Row]:
                                 T.Normalize(M.MEAN, M.STD)])
     tutorial_eval = T.Compose([T.Resize(256, T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
                                T.Normalize(M.MEAN, M.STD)])
-    ours_train, ours_eval = TrainTransform(224), EvalTransform(256, 224, "bicubic")
+    ours_train = MyDataSet([], [], train_transform(224), decode_size=crop_decode_size(224))
+    ours_eval = MyDataSet([], [], eval_transform(256, 224, "bicubic"), decode_size=256)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         large = [str(make_large_jpeg(Path(folder) / f"large{i}.jpg", sources=photos, seed=i)) for i in range(4)]
@@ -297,10 +298,10 @@ def data_rows(photos: list[str], rounds: int) -> list[Row]:
                         with Image.open(path) as image:  # the tutorial's dataset: RGB photos as opened
                             transform(image if image.mode == "RGB" else image.convert("RGB"))
 
-                def run_ours(transform=ours) -> None:
-                    for path in paths:
-                        with open_image(path) as image:
-                            transform(image)
+                def run_ours(dataset=ours) -> None:  # MyDataSet's decoding (reduced for large JPEGs), then the same
+                    dataset.images_path, dataset.images_class = paths, [0] * len(paths)
+                    for index in range(len(paths)):
+                        dataset[(index, index)]
 
                 seconds = alternate({"reference": (run_reference, False), "ours": (run_ours, True)}, rounds,
                                     torch.device("cpu"))

@@ -1,10 +1,15 @@
 """What the command-line programs share: the usage error they report in one line, yes/no, variant and device
 flags, and file names made printable on one line."""
 import argparse
+import contextlib
 import os
 import re
+import shutil
+import signal
 import sys
-from typing import NoReturn
+import textwrap
+import threading
+from typing import Any, Iterator, NoReturn
 
 from effnet.variants import variant_name
 
@@ -13,10 +18,36 @@ class UsageError(Exception):
     """Bad input from the user: the command-line programs print the message on one line and exit 2."""
 
 
+HELP_WIDTH = 100  # columns of every program's --help, narrower on a narrower terminal
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help at one width: the description's paragraphs and the flags' help wrapped alike, its indented lines (the
+    examples) kept as written."""
+
+    def __init__(self, prog: str) -> None:
+        width = min(HELP_WIDTH, shutil.get_terminal_size((HELP_WIDTH + 2, 24)).columns - 2)
+        super().__init__(prog, width=width, max_help_position=32)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            if paragraph.startswith(" "):  # examples: one command a line, as written
+                paragraphs.append(paragraph)
+            else:
+                paragraphs.append(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                                                subsequent_indent=indent))
+        return "\n\n".join(paragraphs)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, reporting a bad flag the way the programs report every usage error: one `error:` line
     on stderr and exit status 2 (argparse would print the whole usage first, and the program's name before
-    `error:`)."""
+    `error:`); --help at one width (HelpFormatter)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {one_line(message)} (--help lists every flag)\n")
@@ -88,3 +119,24 @@ def exit_now(status: int) -> None:
         except (OSError, ValueError):  # a reader that went away, or a stream closed: nothing more to deliver
             pass
     os._exit(status)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is done, then act on it as Python would have (KeyboardInterrupt).
+    Around a result's writes, it is then in every output (stdout, --csv) or in none; around the imports of
+    PyTorch and friends, no module is left half-imported (numpy, matplotlib and torch fail in odd ways, or swallow
+    the interrupt, when a KeyboardInterrupt lands inside their initialisation)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):  # Python's own handler raises KeyboardInterrupt
+            previous(signal.SIGINT, None)
+        elif caught and previous == signal.SIG_DFL:  # the default would have ended the program
+            raise KeyboardInterrupt

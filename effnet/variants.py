@@ -4,6 +4,7 @@ Pure Python, no PyTorch: the network (model.py), the weights module, the ONNX ba
 read these numbers, and the last two must start without importing torch.
 """
 import math
+import os
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
@@ -11,6 +12,7 @@ from typing import Any, Mapping, NamedTuple
 MEAN = (0.485, 0.456, 0.406)  # ImageNet RGB mean and std, used by every variant's weights
 STD = (0.229, 0.224, 0.225)
 TUTORIAL_BN_EPS = 1e-3  # the tutorial built every variant with this eps, so its checkpoints expect it
+IMAGENET = "imagenet"  # --weights imagenet: torchvision's ImageNet weights for the variant (Variant.weights_file)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ BASELINE_STAGES = (
     Stage(6, 3, 1, 192, 320, 1),
 )
 HEAD_CHANNELS = 1280  # width of the 1x1 conv before pooling, for B0
+
+
+def is_imagenet(weights: object) -> bool:
+    return isinstance(weights, (str, os.PathLike)) and str(weights).lower() == IMAGENET
 
 
 def variant_name(name: str) -> str:

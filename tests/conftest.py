@@ -138,16 +138,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "runs" / "colours"
 
 
-@pytest.fixture
-def training_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For tests of the training itself (its checkpoints, resume, recipe, failures): a run leaves out best.onnx
-    and report.html when it ends, about 2 s of each tiny run. Runs in every other test write them, and
-    test_export, test_evaluate, test_duplicates and test_label_issues test them."""
-    from effnet.training import run_folder, trainer
-
-    monkeypatch.setattr(trainer, "export_after_training", lambda best, photos: None)
-    monkeypatch.setattr(run_folder.RunFolder, "write_review",
-                        lambda self, *args, **kwargs: (self.path / "report.html", None))
+def training_only_args(data: Path, runs: Path, *extra: str) -> list[str]:
+    """train_args for a test of the training itself (its checkpoints, resume, recipe, failures): the run leaves out
+    best.onnx and report.html when it ends (--onnx false --report false), about 2 s of each tiny run. Runs in
+    every other test write them, and test_export, test_evaluate, test_duplicates and test_label_issues test them."""
+    return train_args(data, runs, "--onnx", "false", "--report", "false", *extra)
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package, which .ci/run installs

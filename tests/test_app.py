@@ -17,7 +17,7 @@ from fastapi import HTTPException
 from PIL import Image
 
 import app
-from effnet.harness import AppServer
+from harness import AppServer
 from effnet.inference.classifier import Classifier
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,12 +2,19 @@
 old file survives."""
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load
 from effnet import atomic_files
 from effnet.reports import figures
+
+REPO = Path(__file__).resolve().parents[1]
 
 WRITERS = {
     "checkpoint": (lambda path: atomic_files.save_checkpoint({"w": torch.ones(50_000)}, path), "last.pth"),
@@ -63,3 +70,26 @@ def test_failed_atomic_writes_name_the_users_file_not_the_temporary_one(tmp_path
     with pytest.raises(FileNotFoundError) as raised:
         atomic_files.write_text(tmp_path / "report.html", "x")
     assert raised.value.filename == str(tmp_path / "report.html")
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
+    target = tmp_path / "last.pth"
+    atomic_files.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    script = f"""
+import os, signal, torch
+from effnet import atomic_files
+def dying_save(obj, f, *a, **k):
+    f.write(b"PK\\x03\\x04 half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+atomic_files.save_checkpoint({{"epoch": 2}}, {str(target)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == -signal.SIGKILL
+    assert load(target)["epoch"] == 1
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    atomic_files.write_text(tmp_path / "metrics.csv", "epoch\n")  # mkstemp alone would leave it private (0o600)
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == 0o666 & ~atomic_files._UMASK

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import model as M
-from effnet.training import loop
 from conftest import train_args
 from imagegen import make_class_folders
-from effnet.data.dataset import EvalTransform, MyDataSet
+from my_dataset import MyDataSet, eval_transform
+from utils import StepSettings, evaluate_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,11 @@ def test_validation_counts_every_image_once_and_matches_one_process(distributed_
     paths = [os.path.join(split["root"], p) for p, _ in split["val"]]
     labels = [label for _, label in split["val"]]
     loader = torch.utils.data.DataLoader(
-        MyDataSet(paths, labels, EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"])),
+        MyDataSet(paths, labels, eval_transform(image["eval_resize"], image["eval_crop"], image["interpolation"]),
+                  decode_size=image["eval_resize"]),
         batch_size=4, collate_fn=MyDataSet.collate_fn)
-    single = loop.evaluate(model.to(memory_format=torch.channels_last), loader,
-                            loop.StepSettings(torch.device("cpu")), 3, progress=False)
+    single = evaluate_epoch(model.to(memory_format=torch.channels_last), loader, StepSettings(torch.device("cpu")),
+                            progress=False)
     assert single.accuracy == last["history"][-1]["val_acc"]
     assert torch.equal(single.confusion, last["confusion"])
     assert single.loss == pytest.approx(last["history"][-1]["val_loss"], rel=1e-5)
@@ -84,7 +85,7 @@ def torchrun_patched(data: Path, tmp_path: Path, patch: str, epochs: int,
                      batch_size: int) -> subprocess.CompletedProcess:
     """torchrun of train.py on `data`, with `patch` (Python source) applied in every process first."""
     wrapper = tmp_path / "patched_train.py"
-    wrapper.write_text(f"import os, sys, train\nfrom effnet.training import loop\n{patch}\nsys.exit(train.main())\n")
+    wrapper.write_text(f"import os, sys, train, utils\n{patch}\nsys.exit(train.main())\n")
     return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", str(batch_size)),
                     script=str(wrapper), timeout=240)
 
@@ -92,12 +93,12 @@ def torchrun_patched(data: Path, tmp_path: Path, patch: str, epochs: int,
 def test_a_failure_on_one_rank_stops_every_rank(tmp_path):
     start = time.time()
     result = torchrun_patched(make_class_folders(tmp_path / "data", per_class=6), tmp_path, (
-        "real = loop.train_step\n"
+        "real = utils.train_step\n"
         "def step(*args, **kwargs):\n"
         "    if os.environ['RANK'] == '1':\n"
         "        raise RuntimeError('injected failure on rank 1')\n"
         "    return real(*args, **kwargs)\n"
-        "loop.train_step = step"), epochs=3, batch_size=4)
+        "utils.train_step = step"), epochs=3, batch_size=4)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert time.time() - start < 200  # stopped, not hung until the collective timeout

@@ -13,7 +13,7 @@ from PIL import Image
 
 import evaluate
 import train
-from effnet.training import loop
+from effnet.data.split import DataSplit
 from conftest import FLOWER_SAMPLE, fails_with, train_args
 from effnet.data import duplicates
 from effnet.data.duplicates import check_images, close_pairs, saved_fingerprints
@@ -198,7 +198,7 @@ def test_comparing_many_hashes_holds_no_matrix_of_all_pairs():
 
 
 def test_split_json_keeps_what_was_left_out_and_refuses_a_damaged_list(tmp_path):
-    split = loop.DataSplit(str(tmp_path), ["a", "b"], [str(tmp_path / "a" / "1.jpg"), str(tmp_path / "b" / "2.jpg")],
+    split = DataSplit(str(tmp_path), ["a", "b"], [str(tmp_path / "a" / "1.jpg"), str(tmp_path / "b" / "2.jpg")],
                             [0, 1], [str(tmp_path / "a" / "3.jpg")], [0])
     split.leave_out({str(tmp_path / "b" / "2.jpg"): "near copy of a/1.jpg (train), kept"})
     assert split.train_paths == [str(tmp_path / "a" / "1.jpg")] and split.train_labels == [0]
@@ -207,9 +207,9 @@ def test_split_json_keeps_what_was_left_out_and_refuses_a_damaged_list(tmp_path)
     for path in split.train_paths + split.val_paths:
         Path(path).parent.mkdir(exist_ok=True)
         Path(path).write_bytes(b"")
-    assert loop.DataSplit.json_problem(saved) is None
-    assert loop.DataSplit.from_json(saved, str(tmp_path)).left_out == split.left_out
-    assert "'left_out'" in loop.DataSplit.json_problem({**saved, "left_out": [["b/2.jpg", 7, "train", "x"]]})
+    assert DataSplit.json_problem(saved) is None
+    assert DataSplit.from_json(saved, str(tmp_path)).left_out == split.left_out
+    assert "'left_out'" in DataSplit.json_problem({**saved, "left_out": [["b/2.jpg", 7, "train", "x"]]})
 
 
 def test_fingerprints_of_another_method_or_a_damaged_file_are_computed_again(tmp_path, flower_sample):

@@ -13,7 +13,7 @@ import torch
 import evaluate
 from effnet.reports import metrics
 import train
-from effnet.training import loop
+from effnet.data.split import DataSplit, read_data
 from conftest import FLOWER_SAMPLE, assert_usage_error, train_args
 from imagegen import make_class_folders
 
@@ -249,12 +249,12 @@ def test_a_val_or_test_class_unknown_to_train_is_refused(tmp_path, capsys):
 def test_split_json_keeps_the_test_images_for_resume(tmp_path):
     make_class_folders(tmp_path / "data" / "train", per_class=5)
     make_class_folders(tmp_path / "data" / "test", per_class=2)
-    split = loop.read_data(tmp_path / "data", None, seed=0, report=False)
+    split = read_data(tmp_path / "data", None, seed=0, report=False)
     assert (len(split.train_paths), len(split.val_paths), len(split.test_paths)) == (12, 3, 6)  # 1 of 5 held out
-    again = loop.DataSplit.from_json(json.loads(json.dumps(split.to_json())), str(tmp_path / "data"))
+    again = DataSplit.from_json(json.loads(json.dumps(split.to_json())), str(tmp_path / "data"))
     assert (again.test_paths, again.test_labels) == (split.test_paths, split.test_labels)
     assert again.val_paths == split.val_paths
-    assert loop.read_data(tmp_path / "data", 0.4, seed=0, report=False).val_paths != split.val_paths
+    assert read_data(tmp_path / "data", 0.4, seed=0, report=False).val_paths != split.val_paths
 
 
 def test_evaluation_modules_load_no_torch():

@@ -17,14 +17,17 @@ import export
 from effnet.inference.classifier import Classifier, UsageError
 import model as M
 from effnet.inference import exported_backends
+from effnet.inference.export_format import is_exported_from
+from effnet.inference import runtimes
+from effnet.inference.runtimes import is_installed
 from effnet.inference import onnx_conversion
 import predict
-from effnet.data.images import images_under, open_image
-from effnet.data.dataset import EvalTransform
+from effnet.data.images import images_under
+from my_dataset import MyDataSet, eval_transform
 from test_predict import json_lines, val_images
 
 REPO = Path(__file__).resolve().parents[1]
-openvino_only = pytest.mark.skipif(not exported_backends.is_installed("openvino"), reason="openvino is not installed")
+openvino_only = pytest.mark.skipif(not is_installed("openvino"), reason="openvino is not installed")
 EXPORTED_BACKENDS = ["onnxruntime", pytest.param("openvino", marks=openvino_only)]
 
 
@@ -55,7 +58,7 @@ def test_training_writes_a_checked_best_onnx_that_predict_uses_by_default(traine
     card = exported_backends.OnnxRuntimeBackend(exported).card
     assert card.class_names == ["blue", "green", "red"] and card.variant == "b0"
     assert card.preprocessing.crop == 48 and card.outputs_probabilities  # the run's --image-size
-    assert exported_backends.is_exported_from(card.checkpoint, trained_run / "best.pth")
+    assert is_exported_from(card.checkpoint, trained_run / "best.pth")
     paths, _ = val_images(trained_run)
     fast = Classifier.from_weights(trained_run / "best.pth")
     slow = Classifier.from_weights(trained_run / "best.pth", backend="torch")
@@ -112,7 +115,7 @@ def test_resume_of_a_finished_run_writes_its_missing_best_onnx(trained_run, tmp_
     (run / "best.onnx").unlink()
     assert train.main(["--resume", str(run)]) == 0
     assert f"wrote {run / 'best.onnx'}" in capsys.readouterr().out
-    assert exported_backends.is_exported_from(exported_backends.OnnxRuntimeBackend(run / "best.onnx").card.checkpoint,
+    assert is_exported_from(exported_backends.OnnxRuntimeBackend(run / "best.onnx").card.checkpoint,
                                          run / "best.pth")
 
 
@@ -131,23 +134,24 @@ def test_openvino_format(trained_run, tmp_path, capsys):
 
 
 def test_onnx_preprocessing_and_answers_equal_torch_on_every_flower_photo(trained_run, flower_sample):
-    """The trained colour model, on real photos: the same tensors as EvalTransform, and the same answers."""
+    """The trained colour model, on real photos: the same tensors as validation during training, and the same answers."""
     photos = list(images_under(flower_sample))
     assert len(photos) == 150
     fast = Classifier.from_weights(trained_run / "best.pth")
     torch_path = Classifier.from_weights(trained_run / "best.pth", backend="torch")
     assert fast.backend.name == "onnxruntime"
     settings = torch.load(trained_run / "best.pth", weights_only=True)["image"]
-    transform = EvalTransform(settings["eval_resize"], settings["eval_crop"], settings["interpolation"])
+    validation = MyDataSet(photos, [0] * len(photos), eval_transform(settings["eval_resize"], settings["eval_crop"],
+                                                                     settings["interpolation"]),
+                           decode_size=settings["eval_resize"])
     others = [Classifier.from_weights(trained_run / "best.onnx", backend="openvino")
-              ] if exported_backends.is_installed("openvino") else []
+              ] if is_installed("openvino") else []
     top_classes = set()
     for start in range(0, len(photos), 50):
         chunk = photos[start:start + 50]
         batch = np.stack([fast.preprocess(p) for p in chunk])
-        for array, photo in zip(batch, chunk):
-            with open_image(photo) as image:
-                assert np.array_equal(array, transform(image).numpy()), photo  # the same tensor, bit for bit
+        for position, (array, photo) in enumerate(zip(batch, chunk), start=start):
+            assert np.array_equal(array, validation[position][0].numpy()), photo  # the same tensor, bit for bit
         expected = torch_path.probabilities(batch)
         top_classes |= set(expected.argmax(1).tolist())
         for classifier in [fast, *others]:
@@ -259,7 +263,7 @@ def test_requests_only_pytorch_can_serve_take_the_torch_backend(trained_run, cap
 
 
 def test_without_onnxruntime_prediction_falls_back_to_torch_with_a_note(trained_run, monkeypatch, capsys):
-    monkeypatch.setattr(exported_backends, "is_installed", lambda backend: False)
+    monkeypatch.setattr(runtimes, "is_installed", lambda backend: False)
     photo = val_images(trained_run)[0][0]
     status, results = run_json(capsys, photo, "--weights", str(trained_run / "best.pth"), "--backend", "onnxruntime")
     assert status == 0 and results[0]["predictions"]

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from effnet.data import images
-from effnet.data.dataset import EvalTransform, MyDataSet, TrainTransform
+from my_dataset import MyDataSet, crop_decode_size, eval_transform, train_transform
 
 def float_tiff(path: Path, high: float = 1.0) -> Path:
     """A 32-bit float grayscale TIFF: a left-to-right ramp from 0 to `high`."""
@@ -20,8 +20,8 @@ def test_float_tiffs_in_0_to_1_are_scaled_not_black(tmp_path):
     rgb = np.asarray(images.to_rgb(images.open_image(path)))
     assert rgb.shape == (80, 96, 3) and rgb[:, 0].max() == 0 and rgb[:, -1].min() == 255
     assert abs(rgb.mean() - 127.5) < 1
-    for transform in (TrainTransform(64), EvalTransform(73, 64)):  # training and prediction see the ramp
-        tensor = transform(images.open_image(path))
+    for transform, decode_size in ((train_transform(64), crop_decode_size(64)), (eval_transform(73, 64), 73)):
+        tensor, _ = MyDataSet([str(path)], [0], transform, decode_size=decode_size)[0]  # training and prediction
         # a black image has std 0; the ramp keeps over 0.25 even in the narrowest random crop (8% of the area)
         assert tensor.shape == (3, 64, 64) and tensor.std() > 0.25
     sixteen = tmp_path / "sixteen.png"  # 16-bit keeps its scaling
@@ -31,7 +31,7 @@ def test_float_tiffs_in_0_to_1_are_scaled_not_black(tmp_path):
 
 def test_float_tiffs_of_unknown_scale_are_refused_by_path(tmp_path, capsys):
     path = float_tiff(tmp_path / "raw.tif", high=4000.0)
-    assert MyDataSet([str(path)], [0], EvalTransform(73, 64))[0] is None
+    assert MyDataSet([str(path)], [0], eval_transform(73, 64))[0] is None
     assert f"skipping unreadable image {path} (UnsupportedImageError: 32-bit float pixels from 0 to 4000, " \
            f"not within 0 ... 1" in capsys.readouterr().err
 
@@ -49,7 +49,7 @@ def test_extreme_aspect_ratios_are_refused_before_decoding(tmp_path, monkeypatch
     with pytest.raises(images.UnsupportedImageError, match="20000 x 1 pixels: one side is more than 50 times"):
         images.open_image(strip)
     assert "UnsupportedImageError: 20000 x 1 pixels" in images.check_image_header(str(strip))
-    assert MyDataSet([str(strip)], [0], EvalTransform(73, 64))[0] is None
+    assert MyDataSet([str(strip)], [0], eval_transform(73, 64))[0] is None
     assert f"skipping unreadable image {strip} (UnsupportedImageError: 20000 x 1" in capsys.readouterr().err
     with pytest.raises(images.UnsupportedImageError):  # an image handed over already opened, too
         images.Preprocessing(73, 64).view(Image.new("RGB", (1, 60)))
@@ -62,7 +62,7 @@ def test_over_the_pixel_limit_a_jpeg_is_decoded_reduced_and_others_refused(tmp_p
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 90 x 70 = 6,300 pixels is over it now
     with images.open_image(tmp_path / "big.jpg") as opened:
         assert images.to_rgb(opened).size == (45, 35)  # decoded at 1/2 scale, within the limit
-    assert EvalTransform(40, 32)(images.open_image(tmp_path / "big.jpg")).shape == (3, 32, 32)
+    assert MyDataSet([str(tmp_path / "big.jpg")], [0], eval_transform(40, 32))[0][0].shape == (3, 32, 32)
     with pytest.raises(Image.DecompressionBombError, match="90 x 70 = 6,300 pixels, over the limit of 4,000"):
         images.open_image(tmp_path / "big.png")
 

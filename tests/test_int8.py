@@ -12,8 +12,9 @@ import pytest
 
 import evaluate
 import export
-from effnet.inference.classifier import Classifier, classifier_from_flags
-from effnet.inference import exported_backends
+from effnet.inference.classifier import Classifier
+from effnet.model_flags import classifier_from_flags
+from effnet.inference.export_format import EXPORT_FORMAT
 from effnet.inference import onnx_conversion
 import predict
 from effnet.inference import int8
@@ -55,7 +56,7 @@ def test_the_int8_export_of_a_trained_run_agrees_with_float32_and_says_so(int8_r
     assert f"wrote {quantized} (" in out and "INT8)" in out
     assert "validation photos" in out and "accuracy float32 " in out and ", int8 " in out
     metadata = {entry.key: entry.value for entry in onnx.load(quantized).metadata_props}
-    assert metadata["precision"] == "int8" and metadata["format"] == exported_backends.EXPORT_FORMAT
+    assert metadata["precision"] == "int8" and metadata["format"] == EXPORT_FORMAT
     calibration, agreement = json.loads(metadata["calibration"]), json.loads(metadata["agreement"])
     assert calibration["photos"] == min(len(split["train"]), int8.CALIBRATION_PHOTOS)
     assert calibration["method"] == f"Percentile {int8.CALIBRATION_PERCENTILE}"

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 import model as M
-from effnet import pretrained as W
+from effnet import checkpoints
+from effnet import weights as W
 from effnet.variants import Variant
 from effnet.inference.torch_backend import fuse_batchnorm
 from conftest import randomize_
@@ -65,7 +66,7 @@ def test_tutorial_checkpoint_loads_strictly_with_or_without_module_prefix():
     assert "tutorial layout" in summary
     assert torch.equal(model.state_dict()["features.3a.block.se.fc1.weight"],
                        tutorial_state["features.3a.block.se.fc1.weight"])
-    assert W.bn_eps_of(model) == W.TUTORIAL_BN_EPS  # the tutorial trained every variant with eps 1e-3
+    assert checkpoints.bn_eps_of(model) == W.TUTORIAL_BN_EPS  # the tutorial trained every variant with eps 1e-3
 
 
 def test_stochastic_depth_rates_grow_linearly_with_block_index():
@@ -114,7 +115,7 @@ def test_outputs_equal_torchvision_with_random_weights(variant):
     ours = M.create_model(variant).eval()
     summary = M.load_weights(ours, reference.state_dict(), verbose=False)
     assert "torchvision layout" in summary
-    assert W.bn_eps_of(ours) == M.VARIANTS[variant].bn_eps
+    assert checkpoints.bn_eps_of(ours) == M.VARIANTS[variant].bn_eps
     size = 224 if variant in ("b0", "b1") else 64  # small inputs keep B2-B7 fast on a CPU
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -147,9 +148,9 @@ def test_own_checkpoint_format_round_trips_with_its_eps(tmp_path):
     source = randomize_(M.efficientnet_b0(num_classes=5)).eval()
     source.set_bn_eps(1e-4)
     path = tmp_path / "ckpt.pth"
-    torch.save({**W.checkpoint_fields(source), "epoch": 3}, path)
+    torch.save({**checkpoints.checkpoint_fields(source), "epoch": 3}, path)
     rebuilt = M.model_from_checkpoint(path).eval()
-    assert rebuilt.variant == "b0" and rebuilt.num_classes == 5 and W.bn_eps_of(rebuilt) == 1e-4
+    assert rebuilt.variant == "b0" and rebuilt.num_classes == 5 and checkpoints.bn_eps_of(rebuilt) == 1e-4
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(source(x), rebuilt(x))
@@ -288,7 +289,7 @@ def test_weights_of_another_variant_are_named(tmp_path):
     tv_b2 = torchvision.models.efficientnet_b2().state_dict()
     with pytest.raises(M.WeightsError, match=r"efficientnet_b2 weights"):
         M.load_weights(M.efficientnet_b1(), tv_b2)
-    checkpoint = W.checkpoint_fields(M.efficientnet_b1(num_classes=3))
+    checkpoint = checkpoints.checkpoint_fields(M.efficientnet_b1(num_classes=3))
     with pytest.raises(M.WeightsError, match=r"efficientnet_b1 weights but the model is efficientnet_b0"):
         M.load_weights(M.efficientnet_b0(num_classes=3), checkpoint)
 

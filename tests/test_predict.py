@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 import model as M
-from effnet import pretrained as W
+from effnet import weights as W
 from effnet.inference.class_names import imagenet_class_names
 import predict
-from effnet.training import loop
-from effnet.data.dataset import EvalTransform, MyDataSet
+from my_dataset import MyDataSet, eval_transform
+from utils import StepSettings, evaluate_epoch
 
 
 def val_images(run: Path) -> tuple[list[str], list[int]]:
@@ -38,13 +38,14 @@ def test_predict_agrees_with_the_validation_loop(trained_run):
     paths, labels = val_images(trained_run)
     image = checkpoint["image"]
     loader = torch.utils.data.DataLoader(
-        MyDataSet(paths, labels, EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"])),
+        MyDataSet(paths, labels, eval_transform(image["eval_resize"], image["eval_crop"], image["interpolation"]),
+                  decode_size=image["eval_resize"]),
         batch_size=len(paths), collate_fn=MyDataSet.collate_fn)
     images, _ = next(iter(loader))
     model.eval()
     with torch.no_grad():
         expected = model(images).softmax(1)
-    result = loop.evaluate(model, loader, loop.StepSettings(torch.device("cpu")), 3, progress=False)
+    result = evaluate_epoch(model, loader, StepSettings(torch.device("cpu")), progress=False)
     assert result.accuracy == checkpoint["best_acc"]
 
     classifier = predict.Classifier.from_weights(trained_run / "best.pth")

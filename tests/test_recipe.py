@@ -7,31 +7,34 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms as T
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from effnet.data import flower_photos
 import model as M
-from effnet.training import flags, recipe
 import train
-from effnet.training import loop
+import utils
+from conftest import fails_with, load, train_args
 from effnet.command_line import UsageError
-from conftest import load, train_args
-from effnet.training.distributed import Distributed
+from effnet.data import flower_photos
+from effnet.data.sampling import EpochSampler
+from effnet.training import recipe
+from effnet.training.flags import build_parser, given_flags
+from effnet.training.settings import PRESETS, TrainSettings, settings_from_flags
 from imagegen import make_class_folders
-from effnet.data.dataset import EpochSampler, EvalTransform, MyDataSet
-from effnet.data.images import open_image
-from test_train import _fails_with
-
-pytestmark = pytest.mark.usefixtures("training_only")  # runs here test training, not its report
+from my_dataset import MyDataSet, eval_transform, train_transform
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def resolved(*argv: str) -> object:
+def resolved(*argv: str) -> TrainSettings:
     """train.py's settings for a new run with these flags, the preset and dependent defaults applied."""
-    args = train.build_parser().parse_args(list(argv))
-    return flags.resolve(args, train.given_flags(list(argv)))
+    return settings_from_flags(build_parser().parse_args(list(argv)), given_flags(list(argv)))
+
+
+def run_args(data: Path, runs: Path, *extra: str) -> list[str]:
+    """train_args for runs that test the training itself: no best.onnx or report.html at the end."""
+    return train_args(data, runs, "--report", "false", "--onnx", "false", *extra)
 
 
 # --- presets and defaults -------------------------------------------------------------------------------------
@@ -51,47 +54,46 @@ def test_modern_preset_resolves_to_the_flags_the_readme_documents():
     readme = (REPO / "README.md").read_text()
     documented = re.search(r"`--recipe modern` stands for `([^`]+)`", readme).group(1).split()
     modern, spelled_out = resolved("--recipe", "modern"), resolved(*documented)
-    spelled_out.recipe = "modern"
-    assert vars(modern) == vars(spelled_out)
-    for key, value in flags.PRESETS["modern"].items():
+    assert modern == dataclasses.replace(spelled_out, recipe="modern")
+    for key, value in PRESETS["modern"].items():
         assert getattr(modern, key) == value, key
 
 
 def test_flags_given_explicitly_win_over_the_preset():
     args = resolved("--recipe", "modern", "--lr", "0.05", "--opt", "sgd", "--ema", "0.5")
     assert (args.lr, args.opt, args.ema) == (0.05, "sgd", 0.5)
-    assert args.warmup_epochs == flags.PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
+    assert args.warmup_epochs == PRESETS["modern"]["warmup_epochs"]  # the rest still comes from it
     assert args.weight_decay == 1e-4  # the default of the optimizer that was chosen
-    assert resolved("--recipe", "modern", "--opt", "adamw").lr == flags.PRESETS["modern"]["lr"]
+    assert resolved("--recipe", "modern", "--opt", "adamw").lr == PRESETS["modern"]["lr"]
 
 
 def test_a_presets_warm_up_shortens_to_fit_a_short_run(capsys):
     for epochs, warmup in (("1", 0), ("2", 1), ("3", 2)):
-        args = resolved("--recipe", "modern", "--epochs", epochs)
-        train.check_args(args)  # accepted: the user never asked for 2 warm-up epochs
+        args = resolved("--recipe", "modern", "--epochs", epochs)  # accepted: nobody asked for 2 warm-up epochs
         assert args.warmup_epochs == warmup
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert notes == ["note: --recipe modern warms up over 2 epochs; with --epochs 1 the warm-up is 0 epochs",
                      "note: --recipe modern warms up over 2 epochs; with --epochs 2 the warm-up is 1 epoch"]
     with pytest.raises(UsageError, match="--warmup-epochs 2: use 0 or more, fewer than --epochs 1"):
-        train.check_args(resolved("--recipe", "modern", "--epochs", "1", "--warmup-epochs", "2"))  # asked for
+        resolved("--recipe", "modern", "--epochs", "1", "--warmup-epochs", "2")  # asked for
 
 
 def test_adamw_gets_its_own_learning_rate_and_weight_decay_unless_given():
     args = resolved("--opt", "adamw")
-    optimizer, _ = recipe.build_optimizer(nn.Linear(3, 2), args)
+    optimizer = recipe.build_optimizer(nn.Linear(3, 2), args)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.001, 0.05)
     args = resolved("--opt", "adamw", "--lr", "0.003", "--weight-decay", "0")
-    optimizer, _ = recipe.build_optimizer(nn.Linear(3, 2), args)
+    optimizer = recipe.build_optimizer(nn.Linear(3, 2), args)
     assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.003, 0.0)
-    optimizer, _ = recipe.build_optimizer(nn.Linear(3, 2), resolved())
+    optimizer = recipe.build_optimizer(nn.Linear(3, 2), resolved())
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
 
 
 def test_warm_up_rises_linearly_then_follows_the_cosine():
     args = resolved("--epochs", "6", "--warmup-epochs", "2", "--lrf", "0.1")
-    optimizer, scheduler = recipe.build_optimizer(nn.Linear(3, 2), args)
+    optimizer = recipe.build_optimizer(nn.Linear(3, 2), args)
+    scheduler = recipe.build_scheduler(optimizer, args)
     lrs = []
     for _ in range(6):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -127,7 +129,7 @@ def test_class_weights_are_inverse_frequencies_in_the_loss():
 
 
 def _blob_recall(class_weights: str) -> float:
-    """Train a linear classifier on overlapping, imbalanced 2-D blobs (200 : 20) through loop.train_one_epoch
+    """Train a linear classifier on overlapping, imbalanced 2-D blobs (200 : 20) through utils.train_epoch
     with the recipe's loss; the minority class's recall on a balanced test set."""
     generator = torch.Generator().manual_seed(0)
 
@@ -144,9 +146,8 @@ def _blob_recall(class_weights: str) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(train_x, train_y), batch_size=20, shuffle=True,
                         generator=torch.Generator().manual_seed(0))  # mixed batches: a one-class batch is unweighted
-    settings = loop.StepSettings(torch.device("cpu"), channels_last=False)
     for epoch in range(30):
-        loop.train_one_epoch(model, optimizer, loader, settings, epoch + 1, progress=False, steps=steps)
+        utils.train_epoch(model, optimizer, loader, "cpu", epoch + 1, recipe=steps, progress=False)
     test_x, test_y = blobs(500, 500)
     found = model(test_x).argmax(1)[test_y == 1]
     return (found == 1).float().mean().item()
@@ -214,8 +215,8 @@ def test_ema_follows_the_formula():
 def ema_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ema")
     data = make_class_folders(root / "data", per_class=8)
-    assert train.main(train_args(data, root / "runs", "--epochs", "3", "--name", "ema", "--ema", "0.9",
-                                 "--label-smoothing", "0.1")) == 0
+    assert train.main(run_args(data, root / "runs", "--epochs", "3", "--name", "ema", "--ema", "0.9",
+                               "--label-smoothing", "0.1")) == 0
     return root / "runs" / "ema"
 
 
@@ -230,13 +231,14 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_best_pth_holds(ema_ru
     split = json.loads((ema_run / "split.json").read_text())
     image = best["image"]
     dataset = MyDataSet([str(Path(split["root"]) / p) for p, _ in split["val"]], [label for _, label in split["val"]],
-                        EvalTransform(image["eval_resize"], image["eval_crop"], image["interpolation"]))
+                        eval_transform(image["eval_resize"], image["eval_crop"], image["interpolation"]),
+                        decode_size=image["eval_resize"])
     loader = DataLoader(dataset, batch_size=4, collate_fn=MyDataSet.collate_fn)
-    settings = loop.StepSettings.for_device(torch.device("cpu"))
+    settings = utils.StepSettings.for_device(torch.device("cpu"))
 
     def val_loss(checkpoint: dict) -> float:
         model = M.model_from_checkpoint(checkpoint).to(memory_format=torch.channels_last)
-        return loop.evaluate(model, loader, settings, 3, progress=False).loss
+        return utils.evaluate_epoch(model, loader, settings, progress=False).loss
 
     for checkpoint in (best, last):
         recorded = checkpoint["history"][checkpoint["epoch"] - 1]["val_loss"]
@@ -257,8 +259,8 @@ def test_the_run_folder_records_the_resolved_recipe(ema_run):
 def test_auto_augment_changes_images_reproducibly_per_sample(augment, tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=2)
     path = next((data / "red").iterdir())
-    plain = MyDataSet([str(path)], [0], recipe.train_transform(64, resolved()))
-    augmented = MyDataSet([str(path)], [0], recipe.train_transform(64, resolved("--auto-augment", augment)))
+    plain = MyDataSet([str(path)], [0], train_transform(64))
+    augmented = MyDataSet([str(path)], [0], train_transform(64, resolved("--auto-augment", augment).auto_augment))
     seeds = range(8)
     assert all(torch.equal(augmented[(0, s)][0], augmented[(0, s)][0]) for s in seeds)  # seeded per sample
     assert sum(not torch.equal(plain[(0, s)][0], augmented[(0, s)][0]) for s in seeds) >= 4
@@ -267,13 +269,11 @@ def test_auto_augment_changes_images_reproducibly_per_sample(augment, tmp_path):
 def test_random_erase_blanks_a_rectangle(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=2)
     path = next((data / "green").iterdir())
-    erased = recipe.train_transform(64, resolved("--random-erase", "1"))
-    plain = recipe.train_transform(64, resolved())
+    erased = MyDataSet([str(path)], [0], train_transform(64, random_erase=resolved("--random-erase", "1").random_erase))
+    plain = MyDataSet([str(path)], [0], train_transform(64))
     for seed in range(4):
-        torch.manual_seed(seed)
-        blank = (erased(open_image(path)) == 0).all(0)
-        torch.manual_seed(seed)
-        assert (plain(open_image(path)) == 0).all(0).sum() < 5
+        blank = (erased[(0, seed)][0] == 0).all(0)
+        assert (plain[(0, seed)][0] == 0).all(0).sum() < 5
         rows, cols = blank.any(1).nonzero(), blank.any(0).nonzero()
         assert blank.sum() >= 10 and blank.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
 
@@ -296,13 +296,23 @@ def test_balanced_sampling_draws_every_class_about_equally():
     assert len(set(seeds)) == len(seeds)  # an image drawn twice is augmented twice, differently
 
 
-def test_balanced_sampling_reaches_the_training_loader(tmp_path):
-    data = make_class_folders(tmp_path / "data", per_class=4)
-    args = resolved(*train_args(data, tmp_path / "runs", "--balanced-sampling"))
-    split = loop.read_split_data(data, 0.25, 0, report=False)
-    images = {"train_size": 64, "eval_resize": 73, "eval_crop": 64, "interpolation": "bicubic"}
-    _, _, sampler = train.make_loaders(split, images, args, torch.device("cpu"), Distributed())
-    assert sampler.weights is not None and len(sampler.weights) == len(split.train_paths)
+def test_balanced_sampling_reaches_the_training_loader(tmp_path, monkeypatch):
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    for photo in sorted((data / "blue").iterdir())[2:]:  # 2 blue photos, 10 green, 10 red
+        photo.unlink()
+    drawn = []
+    real = MyDataSet.__getitem__
+
+    def recording(dataset, item):  # the training photos: drawn with a sample's seed, in the first epoch
+        if dataset.transform is not None and isinstance(dataset.transform.transforms[0], T.RandomResizedCrop):
+            drawn.append(dataset.images_class[item[0]])
+        return real(dataset, item)
+
+    monkeypatch.setattr(MyDataSet, "__getitem__", recording)
+    for flags, blue_share in (([], (0.05, 0.07)), (["--balanced-sampling"], (0.2, 0.5))):  # 1 of 17; about 1/3
+        drawn.clear()
+        assert train.main(run_args(data, tmp_path / "runs", "--epochs", "3", *flags)) == 0
+        assert len(drawn) == 3 * 17 and blue_share[0] < drawn.count(0) / len(drawn) < blue_share[1], (flags, drawn)
 
 
 # --- stochastic depth ------------------------------------------------------------------------------------------
@@ -311,7 +321,8 @@ def test_balanced_sampling_reaches_the_training_loader(tmp_path):
 def test_drop_path_sets_the_block_rates_and_makes_training_passes_random():
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for rate in (0.0, 0.5):
-        model = train.build_model(resolved("--weights", "none", "--drop-path", str(rate)), 3, None, Distributed())
+        settings = resolved("--weights", "none", "--drop-path", str(rate))
+        model = M.create_model(settings.model, num_classes=3, drop_connect_rate=settings.drop_path)  # as train.py
         blocks = [m for m in model.modules() if isinstance(m, M.InvertedResidual)]
         assert blocks[-1].drop_rate == pytest.approx(rate * 15 / 16)
         model.train()
@@ -328,7 +339,7 @@ def test_drop_path_sets_the_block_rates_and_makes_training_passes_random():
 def _scripted_evaluation(monkeypatch, accuracies: list[float], stop_at_call: int | None = None) -> list[int]:
     """utils.evaluate with the accuracy of the n-th call replaced by accuracies[n]; KeyboardInterrupt at
     call `stop_at_call`. Returns the list of calls made so far (shared, so a resumed run continues it)."""
-    real, calls = loop.evaluate, []
+    real, calls = utils.evaluate_epoch, []
 
     def scripted(*args, **kwargs):
         calls.append(len(calls))
@@ -336,14 +347,14 @@ def _scripted_evaluation(monkeypatch, accuracies: list[float], stop_at_call: int
             raise KeyboardInterrupt
         return dataclasses.replace(real(*args, **kwargs), accuracy=accuracies[len(calls) - 1])
 
-    monkeypatch.setattr(loop, "evaluate", scripted)
+    monkeypatch.setattr(utils, "evaluate_epoch", scripted)
     return calls
 
 
 def test_early_stopping_stops_and_a_resumed_run_counts_on(tmp_path, monkeypatch, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     scores = [0.5, 0.6, 0.6, 0.55, 0.6, 0.6, 0.6, 0.6]
-    args = train_args(data, tmp_path / "runs", "--epochs", "8", "--early-stopping", "2")
+    args = run_args(data, tmp_path / "runs", "--epochs", "8", "--early-stopping", "2")
     _scripted_evaluation(monkeypatch, scores)
     assert train.main([*args, "--name", "whole"]) == 0
     out = capsys.readouterr().out
@@ -370,7 +381,7 @@ def test_best_metric_picks_the_epoch_best_pth_holds(metric, best_epoch, tmp_path
     # epoch 1 finds every blue and green image but no red one: higher accuracy (7 of 9), lower macro F1
     # than epoch 2, which gets 6 of 9 right with every class found
     epochs = [torch.tensor([[5, 0, 0], [0, 2, 0], [0, 2, 0]]), torch.tensor([[3, 2, 0], [0, 2, 0], [0, 1, 1]])]
-    real, calls = loop.evaluate, []
+    real, calls = utils.evaluate_epoch, []
 
     def scripted(*args, **kwargs):
         confusion = epochs[len(calls)]
@@ -378,10 +389,9 @@ def test_best_metric_picks_the_epoch_best_pth_holds(metric, best_epoch, tmp_path
         result = real(*args, **kwargs)
         return dataclasses.replace(result, confusion=confusion, accuracy=confusion.trace().item() / 9)
 
-    monkeypatch.setattr(loop, "evaluate", scripted)
+    monkeypatch.setattr(utils, "evaluate_epoch", scripted)
     data = make_class_folders(tmp_path / "data", per_class=3)
-    assert train.main(train_args(data, tmp_path / "runs", "--epochs", "2", "--name", "m",
-                                 "--best-metric", metric)) == 0
+    assert train.main(run_args(data, tmp_path / "runs", "--epochs", "2", "--name", "m", "--best-metric", metric)) == 0
     best = load(tmp_path / "runs" / "m" / "best.pth")
     assert best["epoch"] == best["best_epoch"] == best_epoch
     assert best["best_acc"] == pytest.approx(epochs[best_epoch - 1].trace().item() / 9)
@@ -410,7 +420,7 @@ def test_impossible_recipes_are_refused_before_any_download(flags, fragment, tmp
                                                             closed_port_url):
     monkeypatch.chdir(tmp_path)  # the default data folder is missing: a late check would try to download first
     monkeypatch.setenv(flower_photos.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
-    _fails_with(["--weights", "none", *flags], capsys, fragment)
+    fails_with(train.main, ["--weights", "none", *flags], capsys, fragment)
     assert not (tmp_path / "runs").exists()
 
 

@@ -12,7 +12,6 @@ start and faster CPU inference). "auto" takes ONNX Runtime for an exported model
 whose up-to-date export lies beside it (best.onnx beside best.pth); otherwise, or when the request needs
 PyTorch, the torch backend.
 """
-import argparse
 import itertools
 import os
 import sys
@@ -24,13 +23,15 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from effnet.inference import exported_backends
-from effnet.inference.class_names import ClassNamesError
 from effnet.command_line import UsageError, check_device_name
 from effnet.data.images import Preprocessing
-from effnet.variants import variant_name
-from effnet.model_choices import BACKENDS, RUNS_DIR, float_stem, int8_path, is_imagenet, is_int8_name, \
-    newest_checkpoint, related_files
+from effnet.inference import exported_backends
+from effnet.inference.class_names import ClassNamesError
+from effnet.inference.export_format import EXPORTED_SUFFIXES
+from effnet.inference import runtimes
+from effnet.inference.runtimes import BACKENDS
+from effnet.run_files import default_output, float_stem, int8_path, is_int8_name, newest_checkpoint, related_files
+from effnet.variants import is_imagenet
 
 
 
@@ -136,7 +137,7 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
     if precision == "int8":
         return _int8_export(weights, backend, model_name or "b0", class_indices, needs_torch)
     suffix = Path(str(weights)).suffix.lower()
-    if suffix in exported_backends.EXPORTED_SUFFIXES:
+    if suffix in EXPORTED_SUFFIXES:
         if backend == "torch" or needs_torch:
             raise UsageError(f"{weights} is an exported model, which ONNX Runtime or OpenVINO run; "
                              f"{needs_torch or '--backend torch'} needs the .pth checkpoint it came from")
@@ -178,8 +179,8 @@ def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, cla
                required: bool) -> Backend | None:
     """The up-to-date export beside a checkpoint (X.pth -> X.onnx) in `backend`. None where there is none:
     quietly if there is no file, with a note if there is one that cannot be used, unless `required`."""
-    exported = exported_backends.default_output(checkpoint)
-    if not exported_backends.is_installed(backend):
+    exported = default_output(checkpoint)
+    if not runtimes.is_installed(backend):
         if required:
             _note(f"--backend {backend}: {backend} is not installed (pip install {backend}); using PyTorch")
         return None
@@ -352,7 +353,7 @@ class Classifier:
         if self._gradient_backend is not None:
             return True
         weights = self._opened_with and self._opened_with["weights"]
-        return bool(weights) and Path(str(weights)).suffix.lower() not in exported_backends.EXPORTED_SUFFIXES
+        return bool(weights) and Path(str(weights)).suffix.lower() not in EXPORTED_SUFFIXES
 
 
 Ranking = list[tuple[str, float]]  # (class, probability) pairs, most likely first
@@ -382,44 +383,3 @@ def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLi
     if failed:
         raise ValueError(f"cannot read {failed[0].source}: {failed[0].error}")
     return results[0].ranked if single else [r.ranked for r in results]
-
-
-def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
-    """--weights, --backend, --model, --class-indices, --device and --tta: how predict.py, evaluate.py and
-    app.py choose a model and what runs it (`what` completes "checkpoint ... to <what>")."""
-    add = parser.add_argument
-    add("--weights", default=None,
-        help=f"checkpoint, state_dict, or exported .onnx / OpenVINO .xml to {what} (default: the newest "
-             f"{RUNS_DIR}/*/best.pth); 'imagenet' for torchvision's ImageNet weights")
-    add("--backend", choices=BACKENDS, default="auto",
-        help="what runs the model: 'auto' (default) takes ONNX Runtime for an .onnx, or for a checkpoint with "
-             "an up-to-date export beside it (best.onnx beside best.pth), unless Grad-CAM, bfloat16 or a GPU "
-             "--device needs PyTorch; else torch")
-    add("--model", default=None, help="variant of a bare state_dict or plain .onnx (default: for a state_dict the one "
-                                      "its shapes show, for a plain .onnx b0); checkpoints and exports of this "
-                                      "project record their own")
-    add("--class-indices", default=None,
-        help="class names for a bare state_dict or plain .onnx (default: class_indices.json beside the weights, "
-             "else here)")
-    add("--device", default=None, help="cuda, cpu, ... for the torch backend (default: CUDA when available)")
-    add("--tta", action="store_true",
-        help="test-time augmentation: average the answers for each image and its mirror image (2x the work; "
-             "default off)")
-
-
-def add_precision_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = ("float32", "int8")) -> None:
-    """--precision: float32 (the default), int8 (the INT8 export that export.py --int8 writes, in ONNX Runtime),
-    and where the program offers it bfloat16 (the torch backend)."""
-    meanings = {"int8": "int8 runs the INT8 export (best.int8.onnx beside best.pth, from 'export.py --int8') with "
-                        "ONNX Runtime",
-                "bfloat16": "bfloat16 (torch backend) is faster on CPUs with bfloat16 support"}
-    parser.add_argument("--precision", choices=choices, default="float32",
-                        help="; ".join(meanings[c] for c in choices if c in meanings) +
-                             " (see BENCHMARKS.md); default float32")
-
-
-def classifier_from_flags(args: argparse.Namespace, **options: Any) -> "Classifier":
-    """The Classifier that add_model_flags' flags ask for; `options` adds or overrides from_weights' arguments."""
-    chosen = {"backend": args.backend, "tta": args.tta, **options}
-    model_name = variant_name(args.model) if args.model else None
-    return Classifier.from_weights(args.weights, model_name, args.class_indices, args.device, **chosen)

@@ -21,7 +21,7 @@ import numpy as np
 from effnet.inference import exported_backends
 from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing
-from effnet.model_choices import int8_path
+from effnet.run_files import int8_path
 
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of validation photos whose top-1 class must stay float32's
 CALIBRATION_PHOTOS = 200  # training photos whose activation ranges are measured, at most

@@ -2,7 +2,7 @@
 
 The exported graph is the inference model of the torch backend (BatchNorm folded into the convolutions)
 followed by a softmax, with a dynamic batch dimension; its metadata holds the class names, the variant, the
-evaluation preprocessing and the identity of the checkpoint it came from (exported_backends.metadata_entries), so
+evaluation preprocessing and the identity of the checkpoint it came from (export_format.metadata_entries), so
 the file alone is enough to classify and a stale one is recognised. export.py is the command line around
 `export_checkpoint`; train.py calls `export_after_training` when a run ends.
 """
@@ -24,7 +24,9 @@ from effnet.inference import torch_backend
 from effnet.command_line import UsageError
 from effnet.atomic_files import atomic_path
 from effnet.data.images import Preprocessing
-from effnet.inference.exported_backends import FORMATS, OPSET, default_output  # noqa: F401 (re-exported: they were defined here)
+from effnet.inference.export_format import FORMATS, OPSET, checkpoint_identity, metadata_entries
+from effnet.inference.runtimes import is_installed
+from effnet.run_files import default_output
 from effnet.reports.chance import one_answer
 
 TOLERANCE = 1e-4  # the largest |difference| of any probability allowed between the export and PyTorch
@@ -126,11 +128,11 @@ def export_model(model: torch_backend.TorchBackend, output: str | os.PathLike, c
     """Write `model` to `output` (.onnx, or .xml + .bin for OpenVINO) once it matches PyTorch; else nothing."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    if fmt == "openvino" and not exported_backends.is_installed("openvino"):
+    if fmt == "openvino" and not is_installed("openvino"):
         raise UsageError("--format openvino: openvino is not installed (pip install openvino)")
     output = Path(output)
-    identity = exported_backends.checkpoint_identity(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None
-    metadata = exported_backends.metadata_entries(model.class_names, model.variant or "b0", model.preprocessing, identity)
+    identity = checkpoint_identity(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None
+    metadata = metadata_entries(model.class_names, model.variant or "b0", model.preprocessing, identity)
     images, real = check_images(model.preprocessing, photos)
     if fmt == "onnx":
         with atomic_path(output) as temporary:

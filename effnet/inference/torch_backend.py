@@ -17,9 +17,10 @@ from effnet.data.images import Preprocessing, normalize
 from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
 from effnet.variants import image_settings
 from effnet.hardware import keep_freed_memory_for_reuse, resolve_device
-from effnet.model_choices import TORCH_PRECISIONS, is_imagenet
-from effnet.pretrained import WeightsError, bare_state_dict, checkpoint_header, identify_variant, is_checkpoint, load_weights, \
-    read_weights_file, strip_wrappers
+from effnet.checkpoints import WeightsError, checkpoint_header, is_checkpoint, read_weights_file
+from effnet.inference.runtimes import TORCH_PRECISIONS
+from effnet.variants import is_imagenet
+from effnet.weights import bare_state_dict, identify_variant, load_weights, strip_wrappers
 
 def fuse_batchnorm(model: EfficientNet) -> EfficientNet:
     """An inference-only copy of `model` with every BatchNorm folded into the convolution before it.

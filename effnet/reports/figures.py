@@ -149,8 +149,14 @@ def plot_confusion_matrix(confusion: "np.ndarray | Sequence", classes: Sequence[
 
 def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int],
                             path: str | os.PathLike, test_counts: Sequence[int] | None = None) -> None:
+    """class_distribution_figure, written to `path`."""
+    _save_figure(class_distribution_figure(classes, train_counts, val_counts, test_counts), path)
+
+
+def class_distribution_figure(classes: Sequence[str], train_counts: Sequence[int], val_counts: Sequence[int],
+                              test_counts: Sequence[int] | None = None, show: bool = False) -> Any:
     """Images per class, stacked: training, validation (and test, when there is a test set)."""
-    figure = new_figure((max(6.0, 0.5 * len(classes) + 2), 4))
+    figure = new_figure((max(6.0, 0.5 * len(classes) + 2), 4), show)
     axis = figure.subplots()
     positions = range(len(classes))
     bottom = np.zeros(len(classes))
@@ -165,6 +171,28 @@ def plot_class_distribution(classes: Sequence[str], train_counts: Sequence[int],
     axis.set_ylabel("images")
     axis.set_title("images per class")
     axis.legend()
+    return figure
+
+
+def batch_figure(images: Sequence[np.ndarray], titles: Sequence[str], show: bool = False) -> Any:
+    """Photos side by side, each (H, W, 3) uint8 with its title under it: a look at what a loader gives."""
+    figure = new_figure((2.5 * len(images), 2.9), show)
+    for position, (pixels, title) in enumerate(zip(images, titles), start=1):
+        axis = figure.add_subplot(1, len(images), position)
+        axis.imshow(pixels)
+        axis.set_xlabel(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return figure
+
+
+def show() -> None:
+    """Show the figures made with show=True: in a window, or under the cell of a notebook."""
+    _pyplot().show()
+
+
+def save_figure(figure: Any, path: str | os.PathLike) -> None:
+    """Write a figure of this module to `path` (PNG, JPEG, SVG, PDF by the suffix), marked as ours."""
     _save_figure(figure, path)
 
 

@@ -1,29 +1,43 @@
-"""The training recipe, built from train.py's arguments: which layers train, the optimizer and learning-rate
-schedule, the loss (label smoothing, class weights), mixup/CutMix, the weight average (EMA), the augmentation,
-balanced sampling, early stopping and which epoch counts as best.
-
-The flags, the presets and their checks are in effnet/training/flags.py (no PyTorch there), re-exported here.
+"""The training recipe, built from a run's settings: the starting weights and which layers train, the optimizer and learning-rate
+schedule, the loss (label smoothing, class weights), mixup/CutMix, the weight average (EMA), balanced sampling
+and early stopping. The augmentation is my_dataset.train_transform; the settings and presets, settings.py.
 """
-import argparse
 import copy
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torchvision.transforms as T
 from torch import nn
 
-from effnet.data.dataset import TrainTransform
-from effnet.training.flags import AUTO_AUGMENT_NAMES, BEST_METRICS
-from effnet.pretrained import checkpoint_fields
-
-AUTO_AUGMENTS: Mapping[str, Callable[[], Callable] | None] = dict(zip(AUTO_AUGMENT_NAMES, (
-    None, T.TrivialAugmentWide, T.RandAugment)))
+from effnet.checkpoints import WeightsError, checkpoint_fields
+from effnet.command_line import UsageError
+from effnet.training.settings import TrainSettings
+from effnet.weights import load_weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which layers train, the optimizer and the schedule
+
+
+def load_starting_weights(model: nn.Module, settings: TrainSettings, resumed: Mapping[str, Any] | None = None,
+                          verbose: bool = True) -> None:
+    """The weights a run starts from: a resumed run's own (the ones that train, not their moving average), else
+    --weights (ImageNet's, a .pth file, or none: the fresh initialisation). Warns about a head trained on a
+    random backbone."""
+    if resumed is not None:
+        load_weights(model, trained_weights(resumed), verbose=False)
+        return
+    if settings.weights.lower() != "none":
+        try:
+            load_weights(model, settings.weights, verbose=verbose)
+        except WeightsError as error:
+            raise UsageError(f"{error} (or train from scratch, which needs no download: add --weights none)") from None
+    elif settings.freeze_layers and verbose:
+        print("warning: --freeze-layers true with --weights none trains only the head, on a backbone that keeps its "
+              "random initial weights; start from pretrained --weights (imagenet, the default) or train every "
+              "layer (--freeze-layers false)", file=sys.stderr)
 
 
 def freeze_all_but_head(model: nn.Module) -> None:
@@ -51,26 +65,23 @@ class CosineFactor:
         return ((1 + math.cos(progress * math.pi)) / 2) * (1 - self.lrf) + self.lrf
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> tuple[torch.optim.Optimizer,
-                                                                           torch.optim.lr_scheduler.LRScheduler]:
-    """(optimizer over the parameters that train, its schedule stepped once per epoch)."""
+def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The optimizer over the parameters that train (not the frozen ones), weight decay on all of them: SGD with
+    momentum 0.9, as the tutorial's, or AdamW."""
     parameters = [p for p in model.parameters() if p.requires_grad]
-    if args.opt == "adamw":
-        optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(parameters, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    factor = CosineFactor(args.epochs, args.lrf, args.warmup_epochs)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+    if settings.opt == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule, stepped once per epoch: warm-up, then the tutorial's cosine (CosineFactor)."""
+    factor = CosineFactor(settings.epochs, settings.lrf, settings.warmup_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data: augmentation, balanced sampling, class weights
-
-
-def train_transform(size: int, args: argparse.Namespace) -> TrainTransform:
-    """The tutorial's crop and flip, plus --auto-augment and --random-erase."""
-    make_augment = AUTO_AUGMENTS[args.auto_augment]
-    return TrainTransform(size, augment=make_augment() if make_augment else None, random_erase=args.random_erase)
+# Balanced sampling and class weights
 
 
 def inverse_frequency(labels: Sequence[int], num_classes: int) -> list[float]:
@@ -80,9 +91,9 @@ def inverse_frequency(labels: Sequence[int], num_classes: int) -> list[float]:
     return (len(labels) / (num_classes * counts.clamp(min=1))).tolist()
 
 
-def sample_weights(labels: Sequence[int], num_classes: int, args: argparse.Namespace) -> list[float] | None:
+def sample_weights(labels: Sequence[int], num_classes: int, settings: TrainSettings) -> list[float] | None:
     """Per-image draw weights for --balanced-sampling (each class drawn equally often), else None."""
-    if not args.balanced_sampling:
+    if not settings.balanced_sampling:
         return None
     per_class = inverse_frequency(labels, num_classes)
     return [per_class[label] for label in labels]
@@ -161,15 +172,15 @@ class TrainingSteps:
     class_weights: list[float] | None = None
 
     @classmethod
-    def build(cls, args: argparse.Namespace, train_labels: Sequence[int], num_classes: int, model: nn.Module,
+    def build(cls, settings: TrainSettings, train_labels: Sequence[int], num_classes: int, model: nn.Module,
               device: torch.device) -> "TrainingSteps":
-        """From the arguments; `model` is the plain model that trains (no DDP or compile wrapper)."""
-        weights = inverse_frequency(train_labels, num_classes) if args.class_weights == "auto" else None
+        """From the run's settings; `model` is the plain model that trains (no DDP or compile wrapper)."""
+        weights = inverse_frequency(train_labels, num_classes) if settings.class_weights == "auto" else None
         loss = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, device=device),
-                                   label_smoothing=args.label_smoothing)
-        mixing = args.mixup_alpha > 0 or args.cutmix_alpha > 0
-        return cls(loss, BatchMixer(args.mixup_alpha, args.cutmix_alpha, num_classes) if mixing else None,
-                   ModelEMA(model, args.ema) if args.ema else None, weights)
+                                   label_smoothing=settings.label_smoothing)
+        mixing = settings.mixup_alpha > 0 or settings.cutmix_alpha > 0
+        return cls(loss, BatchMixer(settings.mixup_alpha, settings.cutmix_alpha, num_classes) if mixing else None,
+                   ModelEMA(model, settings.ema) if settings.ema else None, weights)
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, targets) to train on: the batch itself, or mixed with mixup/CutMix."""
@@ -205,18 +216,14 @@ def trained_weights(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Best epoch and early stopping
+# Early stopping
 
 
-def score(args: argparse.Namespace, row: Mapping[str, float]) -> float:
-    """The --best-metric value of an epoch's history row."""
-    return row[BEST_METRICS[args.best_metric]]
-
-
-def early_stop(args: argparse.Namespace, best_epoch: int, epochs_done: int) -> str | None:
-    """Why to stop now, or None: --best-metric has not improved for --early-stopping epochs. Counted from
-    the saved best epoch, so a resumed run counts on."""
-    if args.early_stopping is None or best_epoch < 1 or epochs_done - best_epoch < args.early_stopping:
-        return None
-    return (f"early stopping: validation {args.best_metric} has not improved for {epochs_done - best_epoch} "
-            f"epochs (best at epoch {best_epoch})")
+def early_stop(settings: TrainSettings, best_epoch: int, epochs_done: int, say: Callable[[str], None]) -> bool:
+    """Whether to stop now (and `say` why): --best-metric has not improved for --early-stopping epochs. Counted
+    from the saved best epoch, so a resumed run counts on."""
+    if settings.early_stopping is None or best_epoch < 1 or epochs_done - best_epoch < settings.early_stopping:
+        return False
+    say(f"early stopping: validation {settings.best_metric} has not improved for {epochs_done - best_epoch} epochs "
+        f"(best at epoch {best_epoch})")
+    return True

@@ -1,4 +1,6 @@
-"""A run folder, runs/<date>-<time>-<variant>/: what train.py writes there, and reads back to resume.
+"""A run folder, runs/<date>-<time>-<variant>/: where it may be made, what train.py writes there as the run goes,
+and which of its checkpoints are intact. (Reading it back to resume: resume.py; the review after the last epoch,
+report.html and label_issues.csv: effnet/reports/run_review.py.)
 
 | file | written |
 |---|---|
@@ -12,56 +14,41 @@
 Every file is written atomically (atomic_files.py), so a run killed at any moment resumes from its last epoch, and
 a full disk stops the run with one line saying which checkpoint is intact and how to continue from it.
 """
-import argparse
 import datetime
-import json
-import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from effnet.model_choices import BEST_CHECKPOINT, LAST_CHECKPOINT
-from effnet.reports import figures
-from effnet.reports import report_page
-from effnet.reports import metrics
-from effnet.command_line import UsageError
-from effnet.training.distributed import Distributed, broadcast_object
-from effnet.reports.scoring import Evaluation, evaluate_images, write_files
 from effnet.atomic_files import NoSpaceError, save_checkpoint, serialized_size, write_csv, write_json
-from effnet.data.class_folders import presplit_folders
-from effnet.inference.classifier import Classifier
-from effnet.training.loop import DataSplit
-from effnet.variants import VARIANTS
-from effnet.pretrained import WeightsError, checkpoint_header, read_weights_file
-from effnet.data.duplicates import DATA_CHECK, DUPLICATE_COLUMNS, DataCheck, check_images, describe_groups, \
-    read_saved_fingerprints, write_duplicates_csv
-from effnet.reports.label_issues import rank_label_issues, write_label_issues
-from effnet.output_paths import OutputKind, header_matches
+from effnet.checkpoints import WeightsError, read_weights_file
+from effnet.command_line import UsageError
+from effnet.data.duplicates import DATA_CHECK, DataCheck, write_duplicates_csv
+from effnet.data.split import DataSplit
+from effnet.output_paths import RunInputs, check_folder_target
+from effnet.reports import figures, metrics
 from effnet.reports.chance import chance_level
+from effnet.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT
+from effnet.training.data_check import check_csv_target
+from effnet.training.distributed import Distributed, broadcast_object
+from effnet.training.settings import TrainSettings
 
-# settings that may differ when a run is resumed: where and how fast it runs, not what it computes
-MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", "compile", "grad_checkpointing",
-                    "sync_bn")
 # Drawing curves.png takes 0.2-0.6 s on a CPU: after every epoch of a real run (minutes each), but on a small sample,
 # where an epoch takes a second or two, redrawing it every time would slow the whole run by a third
 CURVES_TIME_SHARE = 0.05
-DUPLICATES_OUTPUT = OutputKind("a duplicates table of train.py", header_matches(",".join(DUPLICATE_COLUMNS)))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Resuming
-
-
-def find_resume_checkpoint(resume: str) -> Path:
-    path = Path(resume)
-    if path.is_dir():
-        path = path / LAST_CHECKPOINT
-    if not path.is_file():
-        is_run_folder = (path.parent / "split.json").is_file()
-        hint = continue_hint(path.parent) if is_run_folder else "give a run folder or its last.pth"
-        raise UsageError(f"--resume {resume}: no {path}; {hint}")
-    return path
+def check_place(settings: TrainSettings) -> None:
+    """Before any work of a new run: the run folder must not lie in the data (the next run would take it for a
+    class, its figures for photos), --output-dir must be a folder, and a --name must be free. With --check-data
+    no run folder is made: only its table of copies is checked (data_check.check_csv_target)."""
+    if settings.check_data is not None:
+        check_csv_target(settings)
+        return
+    inputs = RunInputs()
+    inputs.add_folder(settings.data_path, "the data folder")
+    check_folder_target("--output-dir", settings.output_dir, inputs, {}, overwrite=False)
+    if settings.name:
+        new_run_dir(settings.output_dir, settings.name, settings.model)  # refuses a name that is taken
 
 
 def continue_hint(run_dir: Path, broken: Path | None = None) -> str:
@@ -81,7 +68,7 @@ def continue_hint(run_dir: Path, broken: Path | None = None) -> str:
     return "no epoch of this run was saved: start it again"
 
 
-def _whole_number(value: Any) -> bool:
+def is_whole_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -94,126 +81,7 @@ def saved_epoch(path: Path) -> int | None:
     except WeightsError:
         return None
     epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
-    return epoch if _whole_number(epoch) else None
-
-
-# What a resumed run reads from its checkpoint besides the model's own fields (weights.checkpoint_header).
-TRAINING_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epoch": (_whole_number, "a whole number"),
-    "best_epoch": (_whole_number, "a whole number"),
-    "best_acc": (lambda value: isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
-    "history": (lambda value: isinstance(value, list), "a list"),
-    "args": (lambda value: isinstance(value, dict), "the run's settings"),
-    "args.epochs": (_whole_number, "a whole number"),
-    "args.data_path": (lambda value: isinstance(value, str), "a folder"),
-    "args.model": (lambda value: value in VARIANTS, "one of " + ", ".join(VARIANTS)),
-}
-
-
-def training_field_problem(checkpoint: Mapping[str, Any]) -> str | None:
-    """What is wrong with the training fields of a (possibly hand-edited) checkpoint, or None."""
-    for name, (valid, expected) in TRAINING_FIELDS.items():
-        parent, _, key = name.rpartition(".")
-        value = (checkpoint[parent] if parent else checkpoint).get(key)
-        if not valid(value):
-            return f"checkpoint field '{name}' is {value!r:.60}, expected {expected}"
-    return None
-
-
-def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint to continue from, with every field the resumed run reads checked (one clear error)."""
-    try:
-        checkpoint = read_weights_file(path, remedy="")
-    except WeightsError as error:
-        raise UsageError(f"--resume: {error}; {continue_hint(path.parent, broken=path)}") from None
-    needed = ("args", "optimizer", "scheduler", "epoch", "history")
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
-        raise UsageError(f"--resume {path}: not a training checkpoint of this project (no optimizer or "
-                         f"schedule state); to start from its weights use --weights {path}")
-    checkpoint_header(checkpoint, str(path))  # the fields that describe the model
-    problem = training_field_problem(checkpoint)
-    if problem:
-        raise UsageError(f"--resume {path}: {problem}; {continue_hint(path.parent, broken=path)}")
-    if not (path.parent / "split.json").is_file():
-        raise UsageError(f"--resume {path}: {path.parent / 'split.json'} is missing, so the run's "
-                         f"train/validation split is unknown; start a new run with --weights {path}")
-    return checkpoint
-
-
-def read_saved_split(run_dir: Path) -> dict[str, Any]:
-    """The run's split.json, checked: a damaged file is one clear error, not a traceback."""
-    path = run_dir / "split.json"
-    try:
-        saved = json.loads(path.read_bytes())
-    except ValueError as error:  # invalid JSON or text that is not UTF-8
-        problem = f"not valid JSON: {error}"
-    else:
-        problem = DataSplit.json_problem(saved)
-    if problem:
-        raise UsageError(f"--resume: {path} is damaged ({problem}), so the run's train/validation split is "
-                         f"unknown; restore the file, or start a new run from its weights with --weights "
-                         f"{run_dir / 'last.pth'}")
-    return saved
-
-
-def resumed_args(args: argparse.Namespace, saved: Mapping[str, Any], given: set[str]) -> argparse.Namespace:
-    """The run's saved settings, with this invocation's machine settings; warns about flags left unused."""
-    merged = {**vars(args), **saved}  # a setting the run never saved (a newer flag) takes this invocation's
-    for key in MACHINE_SETTINGS:
-        merged[key] = getattr(args, key)
-    ignored = [f"--{key.replace('_', '-')}" for key in sorted(given) if key in saved
-               and key not in MACHINE_SETTINGS and key != "data_path" and getattr(args, key) != saved[key]]
-    if ignored and int(os.environ.get("RANK", "0")) == 0:
-        print(f"note: a resumed run keeps its own settings; ignoring {', '.join(ignored)}", file=sys.stderr)
-    return argparse.Namespace(**merged)
-
-
-def resumed_data_root(requested: str | None, saved_split: Mapping[str, Any], saved_path: str) -> str:
-    """Where the resumed run's images are: --data-path if given, else where they were (absolute, so a
-    resume from another working directory still finds them)."""
-    candidates = [requested] if requested is not None else [saved_split.get("root", saved_path), saved_path]
-    for candidate in candidates:
-        if os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    raise UsageError(f"--resume: the run's images are no longer in {candidates[0]}; pass --data-path "
-                     f"with their new location")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The data check before training
-
-
-def check_data(args: argparse.Namespace, split: DataSplit, run_dir: Path | None, is_main: bool) -> DataCheck:
-    """The copies among the split's images (effnet/data/duplicates.py), summed up in one line; a resumed run
-    (`run_dir`) reuses its data_check.json. --drop-duplicates takes the copies out of a new run's split
-    (split.json keeps what and why); --check-data lists them, and writes its CSV, as the whole job."""
-    known = read_saved_fingerprints(run_dir / DATA_CHECK) if run_dir is not None else {}
-    check = broadcast_object(check_images(split.images(), split.root, known) if is_main else None)
-    leave_out = check.left_out(split.root)
-    if args.drop_duplicates and run_dir is None and leave_out:
-        split.leave_out(leave_out)
-        if not split.val_paths:
-            raise UsageError(f"{args.data_path}: with --drop-duplicates no image is left for validation")
-    check.dropped = {path: why for path, _, _, why in split.left_out}
-    if not is_main:
-        return check
-    if split.left_out:
-        note = f"; {len(split.left_out)} images left out (--drop-duplicates; split.json says why)"
-    else:
-        note = f"; --drop-duplicates would leave out {len(leave_out)} images" if leave_out else ""
-    if args.check_data is not None:  # the check is the job: its findings in full (training reports bad images)
-        for image in check.unreadable:
-            print(f"warning: skipping unreadable image {image.path} ({image.error})", file=sys.stderr)
-        print("\n".join(describe_groups(check)))
-        if args.check_data:
-            write_duplicates_csv(check, args.check_data)
-            note += f"; the groups are in {args.check_data}"
-    print(check.summary() + note, flush=True)
-    return check
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Writing
+    return epoch if is_whole_number(epoch) else None
 
 
 def new_run_dir(output_dir: str, name: str | None, variant: str) -> Path:
@@ -238,9 +106,10 @@ class RunFolder:
         self._curves_drawn: tuple[int, float, float] | None = None  # (epochs drawn, when it started, seconds it took)
 
     @classmethod
-    def create(cls, output_dir: str, name: str | None, variant: str, ddp: Distributed) -> "RunFolder":
-        """A new, empty run folder; rank 0 picks its name (the clocks of the processes differ)."""
-        path = broadcast_object(new_run_dir(output_dir, name, variant) if ddp.is_main else None)
+    def create(cls, settings: TrainSettings, ddp: Distributed) -> "RunFolder":
+        """A new, empty run folder in --output-dir; rank 0 picks its name (the clocks of the processes differ)."""
+        path = broadcast_object(new_run_dir(settings.output_dir, settings.name, settings.model) if ddp.is_main
+                                else None)
         if ddp.is_main:
             try:
                 path.mkdir(parents=True)
@@ -304,37 +173,11 @@ class RunFolder:
                                           title=f"validation, best epoch {best_epoch}")
             write_csv(self.path / "per_class.csv", metrics.table_rows(classes, confusion))
 
-    def write_review(self, split: DataSplit, device: Any = None,
-                     data_check: DataCheck | None = None,
-                     used: Mapping[str, str] | None = None) -> tuple[Path, Evaluation | None]:
-        """After the last epoch: best.pth's results on the test images (in test/, when there are any),
-        label_issues.csv (every image whose label best.pth doubts) and report.html, which shows its mistakes on
-        the validation images, those doubts and the data check's copies; `used`: what the flags left to the
-        machine came to (trainer.settings_used). Returns (report path, test results)."""
-        best = read_weights_file(self.path / BEST_CHECKPOINT)
-        classifier = Classifier.from_weights(self.path / BEST_CHECKPOINT, device=device)
-        test = None
-        if split.test_paths:
-            test = evaluate_images(classifier, split.test_paths, split.test_labels)
-            if test.results:
-                write_files(test, self.path / "test", "test set, best.pth")
-        validation = evaluate_images(classifier, split.val_paths, split.val_labels)
-        scored = {"train": evaluate_images(classifier, split.train_paths, split.train_labels), "val": validation,
-                  **({"test": test} if test is not None else {})}
-        issues = rank_label_issues(scored)
-        write_label_issues(issues, self.path / "label_issues.csv")
-        folders = presplit_folders(split.root) or {}
-        how = (f"as given by the {', '.join(name + '/' for name in folders)} folders" if "val" in folders else
-               f"at random (--val-rate, --seed){'; test/ as given' if split.test_paths else ''}")
-        data = {"data": os.path.abspath(split.root), "split": how,
-                "images": f"{split.describe()} in {len(split.classes)} classes"}
-        if split.left_out:
-            data["left out"] = f"{len(split.left_out)} copies (--drop-duplicates; split.json says why)"
-        return report_page.write_run_report(self.path, best, data, validation, test, classifier, data_check,
-                                            (issues, sum(len(e.results) for e in scored.values())), used), test
+    def has_checkpoint(self) -> bool:
+        return (self.path / LAST_CHECKPOINT).is_file()
 
     def saved_so_far(self) -> str:
-        if (self.path / LAST_CHECKPOINT).is_file():
+        if self.has_checkpoint():
             return f"{self.path / 'last.pth'} holds the last completed epoch"
         return "no epoch was completed, so no checkpoint was saved"
 

@@ -1,5 +1,6 @@
 """What the tests and the benchmarks both set up: app.py running in its own process, camera-sized photos, and a
-run folder holding a randomly initialised model."""
+run folder holding a randomly initialised model. Test support, kept with the tests; the benchmarks import it as
+tests.harness (run from the repository root, as BENCHMARKS.md says)."""
 import os
 import random
 import socket
@@ -97,8 +98,8 @@ def write_random_run(folder: Path, variant: str = "b0", photos: Sequence[str] = 
     from effnet.atomic_files import save_checkpoint
     from effnet.data.images import Preprocessing
     from effnet.inference.onnx_conversion import export_checkpoint
-    from effnet.model_choices import BEST_CHECKPOINT
-    from effnet.pretrained import checkpoint_fields
+    from effnet.checkpoints import checkpoint_fields
+    from effnet.run_files import BEST_CHECKPOINT
     from effnet.variants import image_settings
 
     torch.manual_seed(0)

@@ -1,28 +1,17 @@
-"""The tutorial's helpers: the train/validation split, and the train / evaluate loops."""
-import contextlib
-import math
+"""The train/validation (and test) split of a class-per-folder tree: DataSplit, made at random per class as the
+tutorial's read_split_data does, or taken from a dataset's own train/ val/ test/ folders; saved as a run's
+split.json and read back when it resumes. No PyTorch here."""
 import os
 import random
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
 from effnet.command_line import UsageError
-from effnet.training.distributed import all_reduce_sum, true_on_every_process
 from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders
 from effnet.data.images import IMAGE_EXTENSIONS
-from effnet.training.recipe import TrainingSteps
 
-DEFAULT_VAL_RATE = 0.2
-
-# ---------------------------------------------------------------------------------------------------------------
-# Data on disk
+DEFAULT_VAL_RATE = 0.2  # the tutorial's share of each class held out for validation
 
 
 @dataclass
@@ -177,9 +166,10 @@ def _random_split(split: DataSplit, found: ClassFolders, val_rate: float, seed: 
         split.train_labels += [label] * (len(paths) - n_val)
 
 
-def read_split_data(root: str | os.PathLike, val_rate: float = DEFAULT_VAL_RATE, seed: int = 0,
-                    report: bool = True) -> DataSplit:
-    """Split a class-per-folder tree into training and validation images.
+def split_class_folders(root: str | os.PathLike, val_rate: float = DEFAULT_VAL_RATE, seed: int = 0,
+                        report: bool = True) -> DataSplit:
+    """Split a class-per-folder tree into training and validation images (what utils.read_split_data returns
+    as the tutorial's four lists).
 
     Classes are the sub-folders of `root` (sorted; hidden ones ignored), images the files directly inside
     them with an image extension, in any letter case. Each class is shuffled with `seed` on its own, and
@@ -203,7 +193,7 @@ def read_presplit_data(root: str | os.PathLike, val_rate: float | None = None, s
     """The split a pre-split dataset comes with: root/train/, root/val/ and root/test/ class folders.
 
     The classes are train/'s; val/ and test/ may hold any of them (a class they do not know is an error).
-    Without val/, train/ is split at random as read_split_data does (`val_rate`, default 0.2); with val/,
+    Without val/, train/ is split at random as split_class_folders does (`val_rate`, default 0.2); with val/,
     `val_rate` must be None: the dataset's own validation set is used as it is.
     """
     root = os.fspath(root)
@@ -248,166 +238,8 @@ def _add_presplit_part(split: DataSplit, folder: str, paths: list[str], labels: 
 
 def read_data(root: str | os.PathLike, val_rate: float | None = None, seed: int = 0,
               report: bool = True) -> DataSplit:
-    """A pre-split dataset's own split (read_presplit_data), else a random one (read_split_data); `val_rate`
+    """A pre-split dataset's own split (read_presplit_data), else a random one (split_class_folders); `val_rate`
     None means the user did not choose one."""
     if os.path.isdir(root) and presplit_folders(root) is not None:
         return read_presplit_data(root, val_rate, seed, report)
-    return read_split_data(root, DEFAULT_VAL_RATE if val_rate is None else val_rate, seed, report)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Training and evaluation
-
-
-def train_mode(model: nn.Module) -> None:
-    """model.train(), but BatchNorm layers whose parameters are frozen keep their running statistics."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-                p.requires_grad for p in module.parameters()):
-            module.eval()
-
-
-@dataclass
-class EpochResult:
-    loss: float
-    accuracy: float
-    images: int
-    seconds: float
-    confusion: torch.Tensor | None = None  # rows: true class, columns: predicted class
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / max(self.seconds, 1e-9)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-@dataclass
-class StepSettings:
-    """How batches are moved and computed on the device."""
-
-    device: torch.device
-    channels_last: bool = True
-    autocast_dtype: torch.dtype | None = None  # bfloat16 / float16 autocast, or None for float32
-    scaler: torch.amp.GradScaler | None = None  # for float16 on CUDA
-    non_blocking: bool = False
-
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images.to(self.device, non_blocking=self.non_blocking, memory_format=memory_format)
-        return images, labels.to(self.device, non_blocking=self.non_blocking)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    @classmethod
-    def for_device(cls, device: torch.device, channels_last: bool = True, amp: bool = True) -> "StepSettings":
-        """The fastest settings for `device`: on CUDA cudnn benchmark mode and, with `amp`, bfloat16 autocast
-        where supported, else float16 with a gradient scaler; the CPU trains in float32, faster there."""
-        settings = cls(device=device, channels_last=channels_last, non_blocking=device.type == "cuda")
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            if amp and torch.cuda.is_bf16_supported():
-                settings.autocast_dtype = torch.bfloat16
-            elif amp:
-                settings.autocast_dtype = torch.float16
-                settings.scaler = torch.amp.GradScaler("cuda")
-        return settings
-
-
-def _progress(loader: DataLoader, description: str, enabled: bool) -> tqdm:
-    return tqdm(loader, desc=description, disable=not enabled, file=sys.stdout, dynamic_ncols=True,
-                leave=False)
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_function: nn.Module,
-               images: torch.Tensor, labels: torch.Tensor, settings: StepSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward and optimizer step on one batch already on the device; returns (loss, logits).
-    `labels` are class indices, or (N, classes) target probabilities for mixed batches.
-
-    A non-finite loss still updates the weights: the caller stops and never saves them.
-    """
-    with settings.autocast():
-        logits = model(images)
-        loss = loss_function(logits, labels)
-    optimizer.zero_grad(set_to_none=True)
-    if settings.scaler is not None:
-        settings.scaler.scale(loss).backward()
-        settings.scaler.step(optimizer)
-        settings.scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader,
-                    settings: StepSettings, epoch: int, progress: bool = True,
-                    steps: TrainingSteps | None = None, smallest_batch: int = 1) -> EpochResult:
-    """One pass over the training data (`epoch` counts from 1, for messages); stops with NonFiniteLossError
-    as soon as the loss is NaN or infinite. `steps` is the recipe's loss, batch mixing and weight average
-    (default: plain cross-entropy, as in the tutorial); accuracy counts the unmixed labels. A batch left with
-    fewer than `smallest_batch` images by unreadable ones is passed over (train.py: 2, as BatchNorm cannot train
-    on a single 32 px image)."""
-    train_mode(model)
-    steps = steps if steps is not None else TrainingSteps(nn.CrossEntropyLoss())
-    loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
-    correct = torch.zeros((), dtype=torch.int64, device=settings.device)
-    seen = 0
-    start = time.perf_counter()
-    bar = _progress(data_loader, f"[train epoch {epoch}]", progress)
-    for step, batch in enumerate(bar):
-        if not true_on_every_process(batch is not None and len(batch[1]) >= smallest_batch, settings.device):
-            continue  # every image was unreadable (or all but one, when one is too few)
-        images, labels = settings.to_device(*batch)
-        loss, logits = train_step(model, optimizer, steps.loss_function, *steps.mix(images, labels), settings)
-        batch_loss = loss.item()
-        if not true_on_every_process(math.isfinite(batch_loss), settings.device):
-            value = batch_loss if not math.isfinite(batch_loss) else "non-finite in another process"
-            raise NonFiniteLossError(f"the training loss became {value} in epoch {epoch}, step {step + 1}")
-        steps.after_step()
-        loss_sum += loss * labels.numel()
-        correct += (logits.argmax(1) == labels).sum()
-        seen += labels.numel()
-        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.1f}")
-    totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                         torch.tensor(float(seen), dtype=torch.float64, device=settings.device)]))
-    total_seen = int(totals[2].item())
-    return EpochResult(loss=totals[0].item() / max(total_seen, 1), accuracy=totals[1].item() / max(total_seen, 1),
-                       images=total_seen, seconds=time.perf_counter() - start)
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, data_loader: DataLoader, settings: StepSettings, num_classes: int,
-             description: str = "[valid]", progress: bool = True) -> EpochResult:
-    """Loss, accuracy and confusion matrix over the loader (summed over all processes when distributed)."""
-    model.eval()
-    loss_function = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = torch.zeros((), dtype=torch.float64, device=settings.device)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=settings.device)
-    start = time.perf_counter()
-    bar = _progress(data_loader, description, progress)
-    seen = 0
-    for batch in bar:
-        if batch is None:
-            continue
-        images, labels = settings.to_device(*batch)
-        with settings.autocast():
-            logits = model(images)
-        loss_sum += loss_function(logits.float(), labels)
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
-                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
-        seen += labels.numel()
-        bar.set_postfix(acc=f"{confusion.diag().sum().item() / seen:.3f}",
-                        img_s=f"{seen / (time.perf_counter() - start):.1f}")
-    all_reduce_sum(loss_sum)
-    all_reduce_sum(confusion)
-    total = int(confusion.sum().item())
-    return EpochResult(loss=loss_sum.item() / max(total, 1), accuracy=confusion.diag().sum().item() / max(total, 1),
-                       images=total, seconds=time.perf_counter() - start, confusion=confusion.cpu())
+    return split_class_folders(root, DEFAULT_VAL_RATE if val_rate is None else val_rate, seed, report)

@@ -1,8 +1,6 @@
-"""The names a user picks a trained model and its runtime by: where runs are and what their checkpoints are
-called, the newest run, the name of torchvision's ImageNet weights, the backends and the precisions, and the
-INT8 export's name beside its float32 one (kept here, not in int8.py, so that a float32 prediction does not
-import the quantizer's module; the float32 export beside a checkpoint: exported_backends.default_output).
-Training writes by these names and every program finds by them; nothing here imports PyTorch."""
+"""Where a run's files are and what they are called: runs/, best.pth and last.pth, the newest run, and the
+exports beside a checkpoint (best.onnx, best.int8.onnx). Training writes by these names and every program
+finds by them; nothing here imports PyTorch."""
 import os
 from pathlib import Path
 
@@ -10,15 +8,7 @@ from effnet.command_line import UsageError
 
 RUNS_DIR = "runs"  # train.py's default --output-dir, where the programs look for the newest run
 BEST_CHECKPOINT, LAST_CHECKPOINT = "best.pth", "last.pth"
-IMAGENET = "imagenet"  # --weights imagenet: torchvision's ImageNet weights for the variant
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # what runs the model (--backend)
-TORCH_PRECISIONS = ("float32", "bfloat16")  # the PyTorch backend's number formats
-PRECISIONS = (*TORCH_PRECISIONS, "int8")  # --precision; int8: an INT8 export (export.py --int8) in ONNX Runtime
 INT8_SUFFIX = ".int8.onnx"  # best.onnx -> best.int8.onnx
-
-
-def is_imagenet(weights: object) -> bool:
-    return isinstance(weights, (str, os.PathLike)) and str(weights).lower() == IMAGENET
 
 
 def newest_checkpoint(runs_dir: str | os.PathLike = RUNS_DIR, name_one: str = "pass --weights PATH") -> Path:
@@ -28,6 +18,11 @@ def newest_checkpoint(runs_dir: str | os.PathLike = RUNS_DIR, name_one: str = "p
         raise UsageError(f"no trained checkpoint found under {runs_dir}/*/{BEST_CHECKPOINT}; train one with "
                          f"'python train.py' or {name_one}")
     return candidates[-1]
+
+
+def default_output(checkpoint: str | os.PathLike, fmt: str = "onnx") -> Path:
+    """Where export.py writes: best.pth -> best.onnx (or best.xml for OpenVINO) beside it."""
+    return Path(checkpoint).with_suffix(".xml" if fmt == "openvino" else ".onnx")
 
 
 def int8_path(float_export: str | os.PathLike) -> Path:
