@@ -12,17 +12,18 @@ stopping, and the report and export at the end (effnet/training/ and effnet/repo
 import sys
 
 from effnet.command_line import UsageError, interrupts_deferred, report
-from effnet.training.flags import build_parser, given_flags
-from effnet.training.settings import DEFAULT_DATA_PATH, TrainSettings, settings_from_flags
 
 
 def main(argv: list[str] | None = None) -> int:
     """train.py's run; the exit status, every failure in one line (0 done, 1 failed, 2 bad input, 130 Ctrl-C)."""
-    flags = build_parser().parse_args(argv)  # --help and a wrong flag answer here, before PyTorch is imported
-    given = given_flags(argv)
-    try:
+    try:  # a Ctrl-C while modules import takes effect once they are whole: a half-imported numpy or torch breaks
+        with interrupts_deferred():
+            from effnet.training.flags import build_parser, given_flags
+            from effnet.training.settings import DEFAULT_DATA_PATH, TrainSettings, settings_from_flags
+        flags = build_parser().parse_args(argv)  # --help and a wrong flag answer here, before PyTorch is imported
+        given = given_flags(argv)
         new_run = None if flags.resume else settings_from_flags(flags, given)  # checked once, then frozen
-        with interrupts_deferred():  # a Ctrl-C during these seconds takes effect once the imports are whole
+        with interrupts_deferred():
             import torch
             from torch.utils.data import DataLoader
 

@@ -248,6 +248,23 @@ def test_numpy_normalisation_gives_torchvisions_bits(size):
         assert np.array_equal(ours.view(np.uint32), expected.view(np.uint32))
 
 
+def test_epoch_sampler_repeats_an_epoch_exactly_and_its_shards_cover_each_item_once():
+    for weights in (None, [1.0 + i for i in range(11)]):
+        def pairs(seed: int, epoch: int, rank: int = 0, replicas: int = 1, pad: bool = True) -> list:
+            sampler = EpochSampler(11, True, seed, rank, replicas, pad, weights)
+            sampler.set_epoch(epoch)
+            return list(sampler)
+
+        assert pairs(3, 2) == pairs(3, 2)  # another sampler, the same seed and epoch: the same order and seeds
+        assert pairs(3, 2) != pairs(3, 1) and pairs(3, 2) != pairs(4, 2)
+        if weights is None:  # the shards of 3 processes: each item exactly once, or padded to equal lengths
+            shards = [pairs(3, 2, rank, 3, pad=False) for rank in range(3)]
+            assert sorted(pair for shard in shards for pair in shard) == sorted(pairs(3, 2))
+            padded = [pairs(3, 2, rank, 3) for rank in range(3)]
+            assert [len(shard) for shard in padded] == [4, 4, 4]
+            assert {pair for shard in padded for pair in shard} == set(pairs(3, 2))
+
+
 def test_epoch_sampler_length_is_what_it_yields():
     for size, replicas, pad, balanced in itertools.product([0, 1, 2, 7, 33], [1, 3, 8], [True, False], [False, True]):
         for rank in range(replicas):

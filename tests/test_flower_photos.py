@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import train
+from effnet.training.flags import build_parser
 from conftest import fails_with
 from effnet import command_line
 from effnet import weights as W
@@ -24,7 +25,7 @@ def test_the_quick_try_in_the_readme_trains_on_the_sample_that_ships():
     assert flower_photos.QUICK_TRY in (REPO / "README.md").read_text()
     command = flower_photos.QUICK_TRY.split()
     assert command[:2] == ["python", "train.py"]
-    args = train.build_parser().parse_args(command[2:])
+    args = build_parser().parse_args(command[2:])
     assert (REPO / args.data_path).resolve() == flower_photos.FLOWER_SAMPLE and args.weights == "none"
     classes = sorted(p.name for p in flower_photos.FLOWER_SAMPLE.iterdir() if p.is_dir())
     assert classes == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]

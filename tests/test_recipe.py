@@ -90,6 +90,24 @@ def test_adamw_gets_its_own_learning_rate_and_weight_decay_unless_given():
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
 
 
+def test_the_optimizer_holds_every_parameter_that_trains_once_with_the_recipes_decay():
+    for argv, kind, decay in (([], torch.optim.SGD, 1e-4), (["--opt", "adamw"], torch.optim.AdamW, 0.05),
+                              (["--opt", "adamw", "--weight-decay", "0.01"], torch.optim.AdamW, 0.01)):
+        model = M.efficientnet_b0(num_classes=3)
+        for frozen in (False, True):
+            if frozen:  # --freeze-layers: only the head conv and the classifier train, and only they are optimized
+                recipe.freeze_all_but_head(model)
+            settings = resolved(*argv)
+            optimizer = recipe.build_optimizer(model, settings)
+            held = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+            trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+            assert isinstance(optimizer, kind) and len(optimizer.param_groups) == 1
+            assert len(held) == len({id(p) for p in held}) == len(trainable) and {id(p) for p in held} == {
+                id(p) for p in trainable}
+            assert optimizer.param_groups[0]["weight_decay"] == decay and optimizer.param_groups[0]["lr"] == settings.lr
+        assert len(trainable) == 5  # features.top's conv weight and BatchNorm weight and bias, the classifier's two
+
+
 def test_warm_up_rises_linearly_then_follows_the_cosine():
     args = resolved("--epochs", "6", "--warmup-epochs", "2", "--lrf", "0.1")
     optimizer = recipe.build_optimizer(nn.Linear(3, 2), args)

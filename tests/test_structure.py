@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"model", "my_dataset", "utils", "train", "predict", "evaluate", "export", "app", "hubconf"}
 PROGRAMS = {"train", "predict", "evaluate", "export", "app", "hubconf"}  # run by users, never imported
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
-MAX_TRAIN_MAIN_LINES = 125
+MAX_TRAIN_MAIN_LINES = 130
 
 
 def dotted_name(path: Path) -> str:

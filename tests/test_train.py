@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader
 import model as M
 import predict
 import train
+from effnet.training.flags import build_parser
+from effnet.training.settings import settings_from_flags
 from conftest import fails_with, load, train_args, training_only_args
 from effnet import checkpoints, variants
 from effnet.training import recipe
@@ -124,7 +126,7 @@ def test_frozen_layers_keep_weights_and_batchnorm_statistics(tmp_path):
 
 
 def test_frozen_layers_on_a_random_backbone_are_warned_about(capsys):
-    settings = train.settings_from_flags(train.build_parser().parse_args(["--weights", "none", "--freeze-layers",
+    settings = settings_from_flags(build_parser().parse_args(["--weights", "none", "--freeze-layers",
                                                                            "true"]), {"weights", "freeze_layers"})
     recipe.load_starting_weights(M.efficientnet_b0(num_classes=3), settings)
     warning, = capsys.readouterr().err.splitlines()
@@ -142,7 +144,7 @@ def test_a_last_training_batch_of_one_image_at_32_px_trains(tmp_path, capsys):
 
 
 def test_an_epoch_that_read_no_image_is_never_the_best():
-    settings = train.settings_from_flags(train.build_parser().parse_args(["--weights", "none"]), set())
+    settings = settings_from_flags(build_parser().parse_args(["--weights", "none"]), set())
     empty = EpochResult(0.0, 0.0, 0, 1.0, torch.zeros(2, 2, dtype=torch.int64))
     progress = Progress()
     assert not progress.record(1, 0.01, empty, empty, settings)

@@ -3,8 +3,10 @@ line, and nothing already saved is lost."""
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,34 @@ def test_ctrl_c_while_pytorch_is_imported_is_one_line_and_exit_130(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 130 and result.stdout == ""
     assert result.stderr == "error: interrupted while starting; nothing was trained, so there is nothing to resume\n"
+
+
+def _loaded(pid: int, library: str) -> bool:
+    """Whether the process has mapped a shared library whose path holds `library` (its import is under way)."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see what a process loaded")
+@pytest.mark.parametrize("library", ["_multiarray_umath", "libtorch_cpu", "torchvision/_C"])
+def test_a_real_ctrl_c_at_any_moment_of_the_start_is_one_line_and_exit_130(library, tmp_path):
+    """SIGINT as numpy, PyTorch or torchvision is being imported (the moment their shared library appears in the
+    process): a KeyboardInterrupt inside their initialisation used to leave half-imported modules (tracebacks from
+    numpy or matplotlib at exit), or was swallowed and the run trained on. Now it is one line and status 130."""
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *training_only_args(data, tmp_path / "runs",
+                                "--epochs", "30")], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    while process.poll() is None and not _loaded(process.pid, library):
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err and "epoch 1/" not in out, (out, err)
+    assert one_error_line(err) in ("error: interrupted while starting; nothing was trained, so there is nothing to "
+                                   "resume", "error: interrupted before the first epoch; nothing was trained, so "
+                                   "there is nothing to resume")
 
 
 def test_ctrl_c_before_the_first_epoch_is_one_line_and_exit_130(tmp_path):

@@ -12,6 +12,7 @@ import torch
 import model as M
 import predict
 import train
+from effnet.training.flags import build_parser
 from conftest import fails_with, train_args, training_only_args
 from effnet import command_line, hardware, variants
 from effnet.command_line import UsageError
@@ -28,7 +29,7 @@ def _fails_with(argv: list[str], capsys, *fragments: str) -> None:
 
 
 def test_flags_default_to_the_tutorial_recipe():
-    args = train.build_parser().parse_args([])
+    args = build_parser().parse_args([])
     assert (args.epochs, args.batch_size, args.lr, args.lrf) == (30, 16, 0.01, 0.01)
     assert (args.model, args.weights, args.freeze_layers, args.val_rate) == ("b0", "imagenet", False, 0.2)
     assert hardware.default_workers(16) == min(len(os.sched_getaffinity(0)), 8)
@@ -37,13 +38,13 @@ def test_flags_default_to_the_tutorial_recipe():
 @pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False),
                                             ("True", True), ("1", True), ("yes", True)])
 def test_freeze_layers_is_a_real_switch(text, expected):
-    assert train.build_parser().parse_args(["--freeze-layers", text]).freeze_layers is expected
-    assert train.build_parser().parse_args(["--freeze-layers"]).freeze_layers is True
+    assert build_parser().parse_args(["--freeze-layers", text]).freeze_layers is expected
+    assert build_parser().parse_args(["--freeze-layers"]).freeze_layers is True
 
 
 def test_freeze_layers_rejects_nonsense(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.build_parser().parse_args(["--freeze-layers", "maybe"])
+        build_parser().parse_args(["--freeze-layers", "maybe"])
     assert exit_info.value.code == 2 and "expected true or false" in capsys.readouterr().err
 
 
@@ -67,7 +68,7 @@ def test_an_impossible_seed_is_refused_before_anything_is_written(seed, tmp_path
 
 
 def test_model_names_in_any_case(capsys):
-    parse = train.build_parser().parse_args
+    parse = build_parser().parse_args
     assert [parse(["--model", name]).model for name in ("B0", "b3", "EfficientNet_B7")] == ["b0", "b3", "b7"]
     with pytest.raises(SystemExit) as exit_info:
         parse(["--model", "b9"])
