@@ -237,6 +237,22 @@ class EfficientNet(nn.Module):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm too
                 m.eps = eps
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """nn.Module.load_state_dict, which also takes a whole checkpoint of this project, so that the tutorial's
+        `model.load_state_dict(torch.load("runs/.../best.pth"))` works: its "model" entry is loaded (strictly; its
+        variant and class count must be this model's, whatever `strict` says) and BatchNorm eps set to the
+        checkpoint's. Anything else (the tutorial's own state_dicts, strict=False, ...) is nn.Module's, unchanged."""
+        if not is_checkpoint(state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        header = checkpoint_header(state_dict, "the checkpoint")
+        if header.num_classes != self.num_classes or header.variant != (self.variant or header.variant):
+            raise WeightsError(f"the checkpoint holds efficientnet_{header.variant} with {header.num_classes} classes, "
+                               f"this model is efficientnet_{self.variant or 'custom'} with {self.num_classes}; build "
+                               f"the model from the checkpoint instead: model = model_from_checkpoint(path)")
+        # load_weights names any stray, missing or misshapen key in one line (PyTorch's error lists them all)
+        load_weights(self, state_dict, allow_new_classifier=False, verbose=False)
+        return nn.modules.module._IncompatibleKeys([], [])  # what nn.Module returns when every key matched
+
     def forward_features(self, x: Tensor) -> Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return self._checkpointed_features(x)

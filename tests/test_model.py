@@ -156,6 +156,42 @@ def test_own_checkpoint_format_round_trips_with_its_eps(tmp_path):
         assert torch.equal(source(x), rebuilt(x))
 
 
+def test_a_checkpoint_loads_the_tutorials_way_with_load_state_dict(tmp_path):
+    source = randomize_(M.efficientnet_b0(num_classes=5)).eval()
+    source.set_bn_eps(1e-4)
+    path = tmp_path / "best.pth"
+    torch.save({**checkpoints.checkpoint_fields(source), "class_names": list("abcde"), "epoch": 3}, path)
+    model = M.efficientnet_b0(num_classes=5).eval()
+    assert str(model.load_state_dict(torch.load(path))) == "<All keys matched successfully>"
+    assert checkpoints.bn_eps_of(model) == 1e-4
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(source(x), model(x))
+
+
+@pytest.mark.parametrize("built", [lambda: M.efficientnet_b3(num_classes=5), lambda: M.efficientnet_b0(num_classes=3)])
+def test_a_checkpoint_that_does_not_fit_names_model_from_checkpoint_and_loads_nothing(built):
+    checkpoint = checkpoints.checkpoint_fields(randomize_(M.efficientnet_b0(num_classes=5)))
+    model = built()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(M.WeightsError, match=r"holds efficientnet_b0 with 5 classes.*model_from_checkpoint") as error:
+        model.load_state_dict(checkpoint)
+    assert "\n" not in str(error.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_state_dict_of_a_plain_state_dict_is_nn_modules():
+    good = randomize_(M.efficientnet_b0()).state_dict()
+    partial = {k: v for k, v in good.items() if not k.startswith("classifier.")}
+    model = M.efficientnet_b0()
+    result = model.load_state_dict(partial, strict=False)
+    assert result.missing_keys == ["classifier.1.weight", "classifier.1.bias"] and result.unexpected_keys == []
+    assert torch.equal(model.features.top[0].weight, good["features.top.0.weight"])
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(partial)
+    assert checkpoints.bn_eps_of(model) == 1e-5  # eps is the caller's business for a plain state_dict
+
+
 def test_classifier_with_another_class_count_is_left_out_with_one_line(capsys):
     source = randomize_(M.efficientnet_b0(num_classes=1000))
     target = M.efficientnet_b0(num_classes=5)
