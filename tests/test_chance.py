@@ -1,9 +1,10 @@
 """effnet/reports/chance.py, and a model that learned nothing saying so: train.py's last line, report.html's
-top, the export check (a one-epoch run from scratch on pictures that all look alike)."""
+top, the export checks, float32 and INT8 (a one-epoch run from scratch on pictures that all look alike)."""
 import contextlib
 import html
 import io
 import re
+import shutil
 from fractions import Fraction
 from math import comb
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 
 import train
 from conftest import train_args
+from effnet.inference import int8
 from effnet.reports.chance import clearly_above_chance, guessing_interval, learned_nothing, one_answer
 
 
@@ -102,3 +104,14 @@ def test_the_report_shows_the_warning_first_and_the_settings_as_used(chance_run)
                                               "--image-size", "--name", "--early-stopping", "--channels-last")} == {
         "--device": "auto: cpu", "--amp": "off (CPU)", "--workers": "0", "--num-classes": "3", "--ema": "off",
         "--image-size": "48", "--name": "chance", "--early-stopping": "off", "--channels-last": "on"}
+
+
+def test_the_int8_check_of_a_model_that_answers_one_class_gives_the_float32_checks_caveat(chance_run, tmp_path):
+    run, _, out, _ = chance_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _, agreement = int8.export_int8(copy / "best.onnx", copy / "best.pth", min_agreement=0)  # export.py --int8's
+    float32_line = next(line for line in out.splitlines() if line.startswith(f"wrote {run / 'best.onnx'}"))
+    float32_caveat = re.search(r" \(but PyTorch gives all 6 .*?agrees trivially\)", float32_line).group()
+    assert f"validation photos ({agreement.percent:.1f}%, at least 0% needed){float32_caveat}".replace(
+        "PyTorch", "float32") in agreement.summary()

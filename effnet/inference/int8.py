@@ -21,6 +21,7 @@ import numpy as np
 from effnet.inference import exported_backends
 from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing
+from effnet.reports.chance import agreement_caveat, one_answer
 from effnet.run_files import int8_path
 
 DEFAULT_MIN_AGREEMENT = 99.0  # percent of validation photos whose top-1 class must stay float32's
@@ -113,6 +114,7 @@ class Agreement:
     float32_correct: int
     int8_correct: int
     min_agreement: float  # the threshold it was held to, percent
+    one_class: str | None = None  # the class float32 gave every photo, when it gave them all the same
 
     @property
     def percent(self) -> float:
@@ -123,13 +125,15 @@ class Agreement:
             return f"{correct / self.photos:.3f}" if self.photos else "-"
 
         return (f"same top-1 class as float32 for {self.same_top1} of {self.photos} validation photos "
-                f"({self.percent:.1f}%, at least {self.min_agreement:g}% needed); accuracy float32 "
+                f"({self.percent:.1f}%, at least {self.min_agreement:g}% needed)"
+                f"{agreement_caveat(self.photos, self.one_class, 'float32')}; accuracy float32 "
                 f"{accuracy(self.float32_correct)}, int8 {accuracy(self.int8_correct)}")
 
 
 def score(float32: Any, int8: Any, photos: RunPhotos, min_agreement: float) -> Agreement:
     """Both models on the validation photos (unreadable ones left out)."""
     same = float32_correct = int8_correct = total = 0
+    answers = np.zeros(len(float32.class_names), dtype=int)  # how many photos float32 gave each class
     for batch, positions in preprocessed(photos.validation, float32.preprocessing):
         expected, answered = float32.probabilities(batch).argmax(1), int8.probabilities(batch).argmax(1)
         labels = np.array([photos.labels[i] for i in positions])
@@ -137,7 +141,10 @@ def score(float32: Any, int8: Any, photos: RunPhotos, min_agreement: float) -> A
         same += int((expected == answered).sum())
         float32_correct += int((expected == labels).sum())
         int8_correct += int((answered == labels).sum())
-    return Agreement(total, same, float32_correct, int8_correct, min_agreement)
+        answers += np.bincount(expected, minlength=len(answers))
+    single = one_answer(answers.tolist())
+    return Agreement(total, same, float32_correct, int8_correct, min_agreement,
+                     None if single is None else float32.class_names[single])
 
 
 class _CalibrationPhotos:

@@ -27,7 +27,7 @@ from effnet.data.images import Preprocessing
 from effnet.inference.export_format import FORMATS, OPSET, checkpoint_identity, metadata_entries
 from effnet.inference.runtimes import is_installed
 from effnet.run_files import default_output
-from effnet.reports.chance import one_answer
+from effnet.reports.chance import agreement_caveat, one_answer
 
 TOLERANCE = 1e-4  # the largest |difference| of any probability allowed between the export and PyTorch
 SYNTHETIC_IMAGES = 4  # checked when no real photos are given
@@ -49,11 +49,9 @@ class ExportCheck:
 
     def summary(self) -> str:
         kind = "photos" if self.real else "synthetic images"
-        caveat = (f" (but PyTorch gives all {self.images} the same top class, {self.one_class!r}, so this agreement "
-                  f"proves nothing: a model that answers one class for everything agrees trivially)"
-                  if self.one_class is not None else "")
         return (f"checked against PyTorch on {self.images} {kind}: max |probability difference| "
-                f"{self.max_difference:.1e}, same top-1 class for {self.top1_agreement} of {self.images}{caveat}")
+                f"{self.max_difference:.1e}, same top-1 class for {self.top1_agreement} of {self.images}"
+                f"{agreement_caveat(self.images, self.one_class, 'PyTorch')}")
 
 
 class _Probabilities(nn.Module):

@@ -4,7 +4,8 @@ A model that guesses is right with probability 1/classes on each image, so on n 
 a binomial distribution; an accuracy inside that distribution's central 95% is not clearly above chance. A
 model that gives every image the same top class has learned nothing either, whatever its accuracy (with one
 class far larger than the others it can even look good). train.py ends with this verdict as a warning,
-report.html shows it at the top, and export.py's agreement check says when its images all got one answer.
+report.html shows it at the top, and export.py's agreement checks (float32 and INT8) say when their images all
+got one answer.
 Plain math: no numpy or scipy needed.
 """
 import math
@@ -55,6 +56,16 @@ def one_answer(predicted_counts: Sequence[int]) -> int | None:
     (`predicted_counts[c]`: how many images got class c); else None."""
     answered = [index for index, count in enumerate(predicted_counts) if count > 0]
     return answered[0] if len(answered) == 1 and sum(predicted_counts) >= 2 else None
+
+
+def agreement_caveat(images: int, one_class: str | None, reference: str) -> str:
+    """What an agreement check (an export against PyTorch, INT8 against float32) adds when `reference`, the model
+    it compares with, gave all `images` the same top class `one_class`: agreeing with it proves nothing. ""
+    when `one_class` is None."""
+    if one_class is None:
+        return ""
+    return (f" (but {reference} gives all {images} the same top class, {one_class!r}, so this agreement proves "
+            f"nothing: a model that answers one class for everything agrees trivially)")
 
 
 def learned_nothing(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> str | None:
