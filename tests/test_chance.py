@@ -55,7 +55,11 @@ def test_a_model_that_learned_says_nothing_and_one_that_did_not_is_told_why():
     at_chance = learned_nothing([[4, 3, 3], [3, 4, 3], [3, 3, 4]], names)
     assert at_chance.startswith("the model has learned nothing usable: the best epoch's validation accuracy, 0.400 "
                                 "(12 of 30 images), is not clearly above chance: 0.333 for 3 classes")
-    assert "same top class" not in at_chance and "more epochs" in at_chance and "--weights imagenet" in at_chance
+    assert "same top class" not in at_chance and "more epochs" in at_chance
+    assert "ImageNet weights (--weights imagenet, which needs their one-time download)" in at_chance
+    assert at_chance == learned_nothing([[4, 3, 3], [3, 4, 3], [3, 3, 4]], names, "none")
+    # a run that started from ImageNet's weights is not told to use them (offline, they are what failed)
+    assert "imagenet" not in learned_nothing([[4, 3, 3], [3, 4, 3], [3, 3, 4]], names, "imagenet").lower()
     # one answer for every photo: told so even where a large class makes the accuracy look good
     constant = learned_nothing([[80, 0, 0], [10, 0, 0], [10, 0, 0]], names)  # 0.8 right, all of it 'daisy'
     assert "not clearly above chance" not in constant and "the same top class, 'daisy'" in constant
@@ -86,6 +90,7 @@ def test_a_run_that_learned_nothing_ends_with_a_warning(chance_run):
     assert last.startswith("warning: the model has learned nothing usable: the best epoch's validation accuracy, "
                            "0.333 (2 of 6 images), is not clearly above chance: 0.333 for 3 classes"), err
     assert "the same top class" in last and "more epochs" in last and "--lr" in last
+    assert "--weights imagenet, which needs their one-time download" in last  # the run trained from scratch
     export_line = next(line for line in out.splitlines() if line.startswith(f"wrote {run / 'best.onnx'}"))
     assert "same top-1 class for 6 of 6 (but PyTorch gives all 6 the same top class" in export_line
     assert "proves nothing" in export_line

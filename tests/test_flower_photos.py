@@ -35,7 +35,8 @@ def test_the_quick_try_in_the_readme_trains_on_the_sample_that_ships():
 def test_without_network_the_main_job_points_to_the_quick_try(tmp_path, capsys, monkeypatch, closed_port_url):
     monkeypatch.chdir(tmp_path)  # no flower_data/ here, and the archive's URL does not answer
     monkeypatch.setenv(flower_photos.FLOWER_PHOTOS_URL_ENV, closed_port_url + "/flower_photos.tgz")
-    _fails_with(["--num_classes", "5"], capsys, "could not download", flower_photos.QUICK_TRY)
+    _fails_with(["--num_classes", "5"], capsys, "could not download", flower_photos.QUICK_TRY,
+                "your own class-per-folder images (with --weights none")  # offline, ImageNet's weights fail too
     data = make_class_folders(tmp_path / "data", per_class=2)  # photos at hand, but no ImageNet weights
     monkeypatch.setenv(W.WEIGHTS_MIRROR_ENV, closed_port_url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached copy of the weights either

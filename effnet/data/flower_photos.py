@@ -67,8 +67,9 @@ def ensure_flower_photos(data_path: str | os.PathLike, url: str | None = None) -
         download_file(url, archive, FLOWER_PHOTOS_SHA256)
     except Exception as error:
         raise UsageError(f"{error}; then unpack it with 'tar -xzf {archive} -C {data_path.parent}', "
-                         f"or point --data-path at your own class-per-folder images; to try the project without "
-                         f"any download, train on the photos that ship with it: {QUICK_TRY}") from None
+                         f"or point --data-path at your own class-per-folder images (with --weights none where the "
+                         f"ImageNet weights cannot be downloaded either); to try the project without any download, "
+                         f"train on the photos that ship with it: {QUICK_TRY}") from None
     extracted = data_path.parent / ".flower_photos_extracted"
     extract_tar_safely(archive, extracted)
     inner = extracted / data_path.name  # the archive holds a single flower_photos/ folder

@@ -11,10 +11,20 @@ Plain math: no numpy or scipy needed.
 import math
 from typing import Iterator, Sequence
 
+from effnet.variants import IMAGENET
+
 CONFIDENCE = 0.95  # the central part of the guessing distribution that counts as "chance"
-REMEDY = ("What usually helps: more epochs (from scratch, BatchNorm's running statistics lag behind the weights at "
-          "first, so in evaluation mode the model answers nearly alike for every image), ImageNet weights "
-          "(--weights imagenet), or another --lr")
+
+
+def remedy(weights: str | None = None) -> str:
+    """What usually helps a model that learned nothing, for a run that started from `weights` (its --weights; None:
+    unknown). ImageNet weights are suggested only to a run that did not start from them, and with the download
+    they need: offline, or when that download is what failed, advice to use them would send the user in a circle."""
+    if (weights or "").lower() == IMAGENET:
+        return "What usually helps: more epochs, or another --lr"
+    return ("What usually helps: more epochs (from scratch, BatchNorm's running statistics lag behind the weights at "
+            "first, so in evaluation mode the model answers nearly alike for every image), ImageNet weights "
+            "(--weights imagenet, which needs their one-time download), or another --lr")
 
 
 def chance_level(classes: int) -> float:
@@ -68,10 +78,11 @@ def agreement_caveat(images: int, one_class: str | None, reference: str) -> str:
             f"nothing: a model that answers one class for everything agrees trivially)")
 
 
-def learned_nothing(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> str | None:
+def learned_nothing(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
+                    weights: str | None = None) -> str | None:
     """What is wrong, in one line, when the model behind a validation confusion matrix (rows: true class,
-    columns: predicted class) is not clearly above chance or gives every image the same top class; None when
-    it is neither."""
+    columns: predicted class) is not clearly above chance or gives every image the same top class, and what
+    helps a run that started from `weights` (remedy); None when it is neither."""
     rows = [[int(value) for value in row] for row in confusion]
     classes, images = len(rows), sum(map(sum, rows))
     if images == 0 or classes < 2:
@@ -91,4 +102,4 @@ def learned_nothing(confusion: Sequence[Sequence[int]], class_names: Sequence[st
         problems.append(f"the model gives every validation image the same top class, {class_names[single]!r}")
     too_few = (f". With {images} validation images not even a perfect score is clearly above chance: hold out more "
                f"(--val-rate)" if high >= 1 else "")
-    return f"the model has learned nothing usable: {'; and '.join(problems)}{too_few}. {REMEDY}"
+    return f"the model has learned nothing usable: {'; and '.join(problems)}{too_few}. {remedy(weights)}"

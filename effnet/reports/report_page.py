@@ -317,7 +317,7 @@ def write_run_report(run_dir: str | os.PathLike, checkpoint: Mapping[str, Any], 
                                 f'<div class="figures">{figure}{scores_table(names, test_confusion)}</div>'
                                 + (_unreadable_html(test) if test.unreadable else "")))
     page = page_html(f"Training run {run_dir.name}", f"{data['images']} · {_generated()}", highlights, sections,
-                     learned_nothing(confusion, classes))
+                     learned_nothing(confusion, classes, (checkpoint.get("args") or {}).get("weights")))
     write_text(run_dir / "report.html", page)
     return run_dir / "report.html"
 

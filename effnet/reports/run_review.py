@@ -54,7 +54,7 @@ def finish_run(folder: RunFolder, split: DataSplit, progress: Progress, settings
     except NonFiniteOutputError as error:  # photos of the test set or the report that the validation set spared
         return report(f"{error}; the run's files up to the report are written", status=1)
     print(f"saved {best}; classify a photo with: python predict.py IMAGE --weights {best}")
-    warning = learned_nothing(progress.best_confusion, classes)
+    warning = learned_nothing(progress.best_confusion, classes, settings.weights)
     if warning:  # the run's last line: a model at chance must not pass for a result
         sys.stdout.flush()
         print(f"warning: {warning}", file=sys.stderr)
