@@ -1,6 +1,8 @@
-"""Fetch a file over HTTP(S) or file:// with a progress bar, checking its sha256, writing it atomically."""
+"""Fetch a file over HTTP(S) or file:// with a progress bar on a terminal, checking its sha256, writing it
+atomically."""
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 
@@ -16,8 +18,10 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dst: str | os.PathLike, sha256_prefix: str, progress: bool = True) -> Path:
-    """Download ``url`` to ``dst`` unless it is already there (and intact); return ``dst``.
+def download_file(url: str, dst: str | os.PathLike, sha256_prefix: str, progress: bool | None = None) -> Path:
+    """Download ``url`` to ``dst`` unless it is already there (and intact); return ``dst``. A progress bar is drawn
+    on stderr when ``progress`` says so (default: when stderr is a terminal; in a log file it would be a line of
+    redrawn bars).
 
     The bytes go to a temporary file beside ``dst`` and are moved into place only after the sha256 of the
     whole file starts with ``sha256_prefix``, so an interrupted or tampered download never leaves a file
@@ -38,7 +42,8 @@ def download_file(url: str, dst: str | os.PathLike, sha256_prefix: str, progress
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         # torch.hub's downloader streams to '<dst>.<uuid>.partial', hashes as it goes and renames at the end.
-        torch.hub.download_url_to_file(url, str(dst), hash_prefix=sha256_prefix, progress=progress)
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=sha256_prefix,
+                                       progress=sys.stderr.isatty() if progress is None else progress)
     except RuntimeError as error:  # raised for a hash mismatch; the partial file is already removed
         raise DownloadError(
             f"{url} arrived corrupted or altered ({error}); nothing was saved. Try again, or fetch it by hand "

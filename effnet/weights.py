@@ -32,10 +32,11 @@ def imagenet_weights_url(variant: str) -> str:
     return base.rstrip("/") + "/" + VARIANTS[variant_name(variant)].weights_file
 
 
-def download_imagenet_weights(variant: str, progress: bool = True) -> str:
+def download_imagenet_weights(variant: str, progress: bool | None = None) -> str:
     """Path of torchvision's ImageNet weights for `variant` in the torch hub cache, downloading them if absent.
 
-    The file lands where torchvision itself caches it, so a copy torchvision already fetched is reused.
+    The file lands where torchvision itself caches it, so a copy torchvision already fetched is reused. A progress
+    bar is drawn as `progress` says (default: on a terminal).
     """
     file_name = VARIANTS[variant_name(variant)].weights_file
     destination = os.path.join(torch.hub.get_dir(), "checkpoints", file_name)

@@ -1,5 +1,7 @@
 """The flower photos: the bundled sample the quick try trains on, and the archive's download, checksum and safe
 extraction (against a local server: no machine here reaches the real one)."""
+import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from conftest import fails_with
 from effnet import command_line
 from effnet import weights as W
 from effnet.data import flower_photos
-from effnet.download import sha256_of
+from effnet.download import download_file, sha256_of
 from imagegen import make_class_folders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +84,21 @@ def test_flower_archive_downloads_verifies_and_extracts(http_server, tmp_path, m
     flower_photos.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
     assert (target / "roses" / "1.jpg").read_bytes() == photo
     assert not (tmp_path / "flower_data" / "flower_photos.tgz").exists()  # the archive is removed after use
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stderr, bar", [(io.StringIO(), False), (Terminal(), True)])
+def test_a_download_draws_its_progress_bar_on_a_terminal_only(http_server, tmp_path, monkeypatch, stderr, bar):
+    base_url, served = http_server
+    (served / "file.bin").write_bytes(b"x" * 100_000)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    download_file(f"{base_url}/file.bin", tmp_path / "file.bin", sha256_of(served / "file.bin"))
+    assert (tmp_path / "file.bin").stat().st_size == 100_000
+    assert ("100%" in stderr.getvalue()) == bar  # a log file gets no redrawn bars
 
 
 def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path, monkeypatch):

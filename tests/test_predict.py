@@ -1,7 +1,9 @@
 """predict.py: checkpoints, bare state_dicts of both layouts, agreement with validation, and bad input."""
+import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -288,3 +290,17 @@ def test_bad_class_indices_file(trained_run, tmp_path, capsys):
     torch.save(model.state_dict(), tmp_path / "model.pth")
     (tmp_path / "class_indices.json").write_text("{broken json")
     _fails_with(["x.jpg", "--weights", str(tmp_path / "model.pth")], capsys, "is not a readable class_indices.json")
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch):
+    """Written to a file or pipe, stderr gets the errors alone, no redrawn bars (test_export.py draws one)."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    args = predict.build_parser().parse_args(["rose.jpg"])
+    for stderr, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        output = predict.Output(args, class_count=5)
+        assert (output.bar is not None) == drawn
+        output.close()
