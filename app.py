@@ -1,16 +1,7 @@
-"""A local web page and HTTP API for a trained EfficientNet.
-
-    python app.py                                      # the newest runs/*/best.pth on http://127.0.0.1:8000
-    python app.py --weights runs/20261128-101500-b0/best.pth --port 8080
-    curl -F file=@rose.jpg -F file=@tulip.jpg "http://127.0.0.1:8000/predict?top_k=3"
-
-GET / is the page: drop photos on it, see their top classes, ask for a Grad-CAM map. POST /predict and
-POST /gradcam take photos as multipart field `file`; GET /model describes the model; GET /health answers 200
-while the server can classify; /docs and /openapi.json are FastAPI's API documentation. Uploads are decoded
-in a pool of threads and scored in batches by the one thread that owns the model (batch_worker.py), so the
-event loop never waits for either. Errors come back as JSON {"error": "..."} with a 4xx status. The server
-itself is web_service.py; FastAPI and uvicorn are imported once the flags are read and the model is open.
-"""
+"""A local web page and HTTP API for a trained EfficientNet (DESCRIPTION is what --help tells users). Uploads are
+decoded in a pool of threads and scored in batches by the one thread that owns the model (batch_worker.py), so
+the event loop never waits for either. The server itself is web_service.py; FastAPI and uvicorn are imported
+once the flags are read and the model is open."""
 import argparse
 import functools
 import math
@@ -27,21 +18,39 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MiB = 2**20
 
 
+DESCRIPTION = """Serve a trained EfficientNet as a web page and an HTTP API on this machine: drop photos on the
+page to see their top classes and where the network looked (Grad-CAM). By default it serves the best.pth of
+the newest run in runs/ on http://127.0.0.1:8000.
+
+    python app.py                                    # then open http://127.0.0.1:8000
+    python app.py --weights runs/20261128-101500-b0/best.pth --port 8080
+    python app.py --host 0.0.0.0                     # let other machines in: anyone who reaches it
+    curl -F file=@rose.jpg -F file=@tulip.jpg "http://127.0.0.1:8000/predict?top_k=3"
+
+POST /predict and POST /gradcam take photos as multipart field "file"; GET /model describes the model;
+GET /health answers 200 while the model can answer; /docs documents the API. Errors come back as JSON
+{"error": "..."} with a 4xx status. Ctrl-C stops the server.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add_model_flags(parser, "serve")
-    add_precision_flag(parser)
-    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
-                                            "0.0.0.0 lets other machines in)")
-    add("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    parser = ArgumentParser(description=DESCRIPTION)
+    model = parser.add_argument_group("model")
+    prediction = parser.add_argument_group("prediction")
+    add_model_flags(model, "serve", tta_group=prediction)
+    add_precision_flag(model)
+    add = prediction.add_argument
     add("--top-k", type=int, default=5, help="classes per photo when a request does not say (default 5)")
-    add("--max-upload-mb", type=float, default=50, help="largest request body, all files together (default 50)")
-    add("--max-files", type=int, default=32, help="most photos in one request (default 32)")
     add("--max-batch", type=int, default=32, help="most photos the model runs at once (default 32)")
     add("--batch-wait-ms", type=float, default=0,
         help="how long a photo that finds the model idle waits for others to share its batch (default 0: it runs "
-             "at once, and the photos that arrive meanwhile form the next batch; measured best in BENCHMARKS.md)")
+             "at once, and the photos that arrive meanwhile form the next batch, which measured fastest)")
+    add = parser.add_argument_group("server").add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                                            "0.0.0.0 lets other machines in)")
+    add("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    add("--max-upload-mb", type=float, default=50, help="largest request body, all files together (default 50)")
+    add("--max-files", type=int, default=32, help="most photos in one request (default 32)")
     add("--log-level", default="info", choices=("warning", "info", "debug"),
         help="server log: info shows every request (default info)")
     return parser

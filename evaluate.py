@@ -1,16 +1,5 @@
-"""Score a trained EfficientNet on a labelled folder of photos: accuracy, top-k accuracy, per-class scores.
-
-    python evaluate.py my_test_set                                     # newest runs/*/best.pth
-    python evaluate.py my_test_set --weights runs/20261128-101500-b0/best.pth --json scores.json --report report.html
-    python evaluate.py my_test_set --weights model-29.pth --model b0 --class-indices class_indices.json
-
-DIR holds one folder of photos per class, DIR/<class name>/<images>, named as the model's classes (any of
-them; a folder the model does not know is an error). Writes, into --output-dir (default
-evaluations/<DIR name>/, or <DIR name>-2/, ... when that holds the results of another folder of that name):
-predictions.csv (every photo: path, true, predicted, confidence, correct, true_rank), per_class.csv,
-confusion_matrix.png and evaluated.json (what was evaluated). Unreadable photos are listed and left out.
-No output replaces an input, or a file evaluate.py did not write unless --overwrite is given.
-"""
+"""The evaluation program: a folder of class folders in; scores, a per-photo CSV, figures and an HTML report out
+(DESCRIPTION is what --help tells users). The scoring itself is effnet/reports/scoring.py."""
 import argparse
 import json
 import os
@@ -35,16 +24,36 @@ JSON_OUTPUT = OutputKind("a JSON file of evaluate.py", marked_at_start(json.dump
 OUTPUT_FILES = {**RESULT_FILES, RECORD: OutputKind(f"a record of {PROGRAM}", JSON_OUTPUT.recognise)}
 
 
+DESCRIPTION = """Score a trained EfficientNet on a folder of labelled photos, DIR/<class name>/<photos>, the class
+folders named as the model's classes (any of them): accuracy, top-k accuracy and per-class precision, recall
+and F1; by default with the best.pth of the newest run in runs/.
+
+    python evaluate.py my_test_set                                # scores, and the files below
+    python evaluate.py my_test_set --weights runs/20261128-101500-b0/best.pth
+    python evaluate.py my_test_set --report report.html           # a page with the mistakes
+    python evaluate.py my_test_set --json scores.json             # every score, as JSON
+    python evaluate.py test --weights model-29.pth --model b0 --class-indices class_indices.json
+
+Writes predictions.csv (every photo: its true and predicted class, confidence, the true class's rank),
+per_class.csv, confusion_matrix.png and evaluated.json into --output-dir. Unreadable photos are listed and
+left out. An output never replaces a photo or the weights, nor a file evaluate.py did not write unless
+--overwrite is given (docs/outputs.md).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
-    add_model_flags(parser, "evaluate")
-    add_precision_flag(parser)
+    parser = ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("directory", metavar="DIR", help="folder with one sub-folder of photos per class")
+    model = parser.add_argument_group("model")
+    scoring = parser.add_argument_group("scoring")
+    add_model_flags(model, "evaluate", tta_group=scoring)
+    add_precision_flag(model)
+    add = scoring.add_argument
     add("--top-k", type=int, default=DEFAULT_TOP_K,
         help=f"also count a photo right when its class is among the top k, shown when k is below the number of "
              f"classes (default {DEFAULT_TOP_K})")
     add("--batch-size", type=int, default=32, help="photos per forward pass (default 32)")
+    add = parser.add_argument_group("output").add_argument
     add("--output-dir", default=None,
         help="where predictions.csv, per_class.csv, confusion_matrix.png and evaluated.json go (default "
              "evaluations/<DIR name>/, or <DIR name>-2/ ... when that one holds another folder's results)")

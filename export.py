@@ -1,20 +1,6 @@
-"""Export a trained EfficientNet to ONNX (or OpenVINO's IR) for prediction without PyTorch.
-
-    python export.py                                            # newest runs/*/best.pth -> best.onnx beside it
-    python export.py runs/20261128-101500-b0/best.pth --images my_photos/   # checked on your photos
-    python export.py weights/model-29.pth --model b0 --class-indices class_indices.json
-    python export.py runs/20261128-101500-b0/best.pth --format openvino     # best.xml + best.bin
-    python export.py runs/20261128-101500-b0/best.pth --int8                # and best.int8.onnx beside best.onnx
-
-The file holds the network with BatchNorm folded and a softmax at the end (any batch size), and in its
-metadata the class names, the variant, the evaluation preprocessing and the checkpoint it came from, so
-`python predict.py photo.jpg --weights best.onnx` needs nothing else. Before it is kept, the export is run
-on the same images as PyTorch (photos given with --images, else a few synthetic ones): the largest
-probability difference and the top-1 agreement are printed, and a mismatch beyond the tolerance is an
-error that leaves no file behind (an existing one stays as it was). With --int8 the export is also
-quantized to INT8 (effnet/inference/int8.py), calibrated on the run's training photos and kept only when it
-agrees with float32 on the run's validation photos.
-"""
+"""The export program: a checkpoint to ONNX or OpenVINO's IR, checked against PyTorch before it is kept, and with
+--int8 an INT8 model too (DESCRIPTION is what --help tells users). The conversion and its check are
+effnet/inference/onnx_conversion.py, the quantization effnet/inference/int8.py."""
 import argparse
 import itertools
 import os
@@ -39,27 +25,47 @@ OPENVINO_WEIGHTS_OUTPUT = OutputKind("the weights of an export of this project",
                                      lambda path: EXPORT_OUTPUT.recognise(str(Path(path).with_suffix(".xml"))))
 
 
+DESCRIPTION = """Export a trained EfficientNet for prediction without PyTorch: to ONNX (ONNX Runtime, OpenVINO and
+others read it) or OpenVINO's IR, by default the best.pth of the newest run in runs/, written beside it.
+
+    python export.py                                                     # best.onnx beside best.pth
+    python export.py runs/20261128-101500-b0/best.pth --images my_photos/  # checked on your photos
+    python export.py runs/20261128-101500-b0/best.pth --int8             # and best.int8.onnx
+    python export.py runs/20261128-101500-b0/best.pth --format openvino  # best.xml + best.bin
+    python export.py model-29.pth --model b0 --class-indices class_indices.json  # a tutorial file
+
+The file holds the class names and the preprocessing, so "python predict.py photo.jpg --weights best.onnx"
+needs nothing else. Before it is kept, the export and PyTorch classify the same images and the agreement is
+printed; a mismatch is an error and leaves no file (an existing one stays as it was). With --int8, the INT8
+model is calibrated on the run's training photos and kept only when it agrees with float32 on the run's
+validation photos. train.py already writes best.onnx at the end of a run.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("weights", nargs="?", default=None,
-        help="this project's checkpoint, or a bare tutorial / torchvision state_dict (default: the newest "
-             "runs/*/best.pth)")
-    add("--output", default=None, help="where to write (default: beside the weights, .onnx or .xml)")
-    add("--overwrite", action="store_true",
-        help="let --output replace an existing file that is not an export of this project (default: refuse; "
-             "its own exports are replaced anyway, the weights and photos never are)")
-    add("--format", choices=FORMATS, default="onnx",
-        help="onnx (default; ONNX Runtime, OpenVINO and others read it) or openvino (IR .xml + .bin; needs "
-             "the openvino package)")
+    parser = ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("weights", nargs="?", default=None,
+                        help="this project's checkpoint, or a bare tutorial / torchvision state_dict (default: the "
+                             "newest runs/*/best.pth)")
+    add = parser.add_argument_group("a bare state_dict (checkpoints of this project record both)").add_argument
     add("--model", default=None,
         help="variant of a bare state_dict (default: the one its shapes show); checkpoints record their own")
     add("--class-indices", default=None,
         help="class names for a bare state_dict (default: class_indices.json beside the weights, else here)")
-    add("--images", nargs="+", default=(), metavar="PATH",
-        help=f"photos or folders to check the export on (the first {CHECK_PHOTOS}; default: synthetic images)")
+    add = parser.add_argument_group("export").add_argument
+    add("--format", choices=FORMATS, default="onnx",
+        help="onnx (default; ONNX Runtime, OpenVINO and others read it) or openvino (IR .xml + .bin; needs "
+             "the openvino package)")
     add("--opset", type=parse_opset, default=OPSET,
         help=f"ONNX opset version, {MIN_OPSET} up to the newest this PyTorch writes (default {OPSET})")
+    add("--images", nargs="+", default=(), metavar="PATH",
+        help=f"photos or folders to check the export on (the first {CHECK_PHOTOS}; default: synthetic images)")
+    add = parser.add_argument_group("output").add_argument
+    add("--output", default=None, help="where to write (default: beside the weights, .onnx or .xml)")
+    add("--overwrite", action="store_true",
+        help="let --output replace an existing file that is not an export of this project (default: refuse; "
+             "its own exports are replaced anyway, the weights and photos never are)")
+    add = parser.add_argument_group("INT8").add_argument
     add("--int8", action="store_true",
         help="also write an INT8 model beside the export (best.int8.onnx): ONNX Runtime's static quantization, "
              "calibrated on the run's training photos (split.json beside the checkpoint), kept only when it "

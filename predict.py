@@ -1,20 +1,5 @@
-"""Classify photos with a trained EfficientNet.
-
-    python predict.py rose.jpg                          # newest runs/*/best.pth (its best.onnx when up to date)
-    python predict.py photos/ "more/*.png" --top-k 3    # folders and globs, results as they are ready
-    python predict.py photos/ --json > results.jsonl    # one JSON object per line; --csv FILE for a table
-    python predict.py rose.jpg --weights model-29.pth --model b0 --class-indices class_indices.json
-    python predict.py rose.jpg --save rose_pred.png --cam
-    python predict.py photos/ --save photos/            # a <photo>_pred.png figure beside each photo
-
-From a notebook:
-
-    from predict import classify
-    classify("rose.jpg", "runs/20261128-101500-b0/best.pth")                # one photo: one ranking
-    # -> [("roses", 0.93), ("tulips", 0.04), ...]
-    classify(["rose.jpg", pil_image], "runs/20261128-101500-b0/best.pth")   # a list: a list of rankings
-    # -> [[("roses", 0.93), ("tulips", 0.04), ...], ...]
-"""
+"""The prediction program: photos in, ranked classes out (DESCRIPTION is what --help tells users); and `classify`,
+re-exported here for notebooks and scripts (`from predict import classify`)."""
 import argparse
 import collections
 import glob
@@ -215,14 +200,37 @@ class Output:
             self.csv_file.close()
 
 
+DESCRIPTION = f"""Classify photos with a trained EfficientNet: by default the best.pth of the newest run in
+{DEFAULT_RUNS_DIR}/ (through its best.onnx, which starts faster, when that is up to date).
+
+    python predict.py rose.jpg                             # the top 5 classes
+    python predict.py photos/ "more/*.png" --top-k 3       # folders (recursively) and globs
+    python predict.py photos/ --json > results.jsonl       # one JSON object per photo and line
+    python predict.py photos/ --csv results.csv            # a table too, a row per photo
+    python predict.py rose.jpg --save rose_pred.png --cam  # figures: top classes, Grad-CAM
+    python predict.py rose.jpg --weights runs/20261128-101500-b0/best.pth
+    python predict.py rose.jpg --weights model-29.pth --model b0 --class-indices class_indices.json
+
+Results are printed as they are ready; an unreadable photo is reported and the others are still classified
+(exit status 1). An output never replaces a photo or the weights, nor a file predict.py did not write unless
+--overwrite is given (docs/outputs.md). In Python:
+
+    from predict import classify
+    classify("rose.jpg", "runs/20261128-101500-b0/best.pth")  # [("roses", 0.93), ...]
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    add_model_flags(parser, "use")
+    parser = ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    model = parser.add_argument_group("model")
+    prediction = parser.add_argument_group("prediction")
+    add_model_flags(model, "use", tta_group=prediction)
+    add_precision_flag(model, PRECISIONS)
+    add = prediction.add_argument
     add("--top-k", type=int, default=None, help="classes to show per image (default min(5, classes))")
     add("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    add_precision_flag(parser, PRECISIONS)
+    add = parser.add_argument_group("output").add_argument
     add("--json", action="store_true", help="print one JSON object per image and line, as results come (default: text)")
     add("--csv", default=None, metavar="FILE",
         help="also write a row per image to FILE: image, class_1, probability_1, ... , error (default: none)")

@@ -9,9 +9,13 @@ from effnet.run_files import RUNS_DIR
 from effnet.variants import variant_name
 
 
-def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
+Flags = argparse.ArgumentParser | argparse._ArgumentGroup  # a parser, or one of its --help groups
+
+
+def add_model_flags(parser: Flags, what: str = "use", tta_group: Flags | None = None) -> None:
     """--weights, --backend, --model, --class-indices, --device and --tta: how predict.py, evaluate.py and
-    app.py choose a model and what runs it (`what` completes "checkpoint ... to <what>")."""
+    app.py choose a model and what runs it (`what` completes "checkpoint ... to <what>"), in `parser`'s group of
+    --help; --tta in `tta_group` when given (it is about the answers, not the model)."""
     add = parser.add_argument
     add("--weights", default=None,
         help=f"checkpoint, state_dict, or exported .onnx / OpenVINO .xml to {what} (default: the newest "
@@ -27,12 +31,13 @@ def add_model_flags(parser: argparse.ArgumentParser, what: str = "use") -> None:
         help="class names for a bare state_dict or plain .onnx (default: class_indices.json beside the weights, "
              "else here)")
     add("--device", default=None, help="cuda, cpu, ... for the torch backend (default: CUDA when available)")
-    add("--tta", action="store_true",
-        help="test-time augmentation: average the answers for each image and its mirror image (2x the work; "
-             "default off)")
+    (tta_group or parser).add_argument(
+        "--tta", action="store_true",
+        help="test-time augmentation: average the answers for each image and its mirror image (2x the work; default "
+             "off)")
 
 
-def add_precision_flag(parser: argparse.ArgumentParser, choices: Sequence[str] = ("float32", "int8")) -> None:
+def add_precision_flag(parser: Flags, choices: Sequence[str] = ("float32", "int8")) -> None:
     """--precision: float32 (the default), int8 (the INT8 export that export.py --int8 writes, in ONNX Runtime),
     and where the program offers it bfloat16 (the torch backend)."""
     meanings = {"int8": "int8 runs the INT8 export (best.int8.onnx beside best.pth, from 'export.py --int8') with "
@@ -40,7 +45,7 @@ def add_precision_flag(parser: argparse.ArgumentParser, choices: Sequence[str] =
                 "bfloat16": "bfloat16 (torch backend) is faster on CPUs with bfloat16 support"}
     parser.add_argument("--precision", choices=choices, default="float32",
                         help="; ".join(meanings[c] for c in choices if c in meanings) +
-                             " (see BENCHMARKS.md); default float32")
+                             "; default float32")
 
 
 def classifier_from_flags(args: argparse.Namespace, **options: Any) -> "Classifier":

