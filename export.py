@@ -11,18 +11,19 @@ from effnet.command_line import UsageError, report
 from effnet.data.images import images_under, is_image_name
 from effnet.inference.classifier import model_files, newest_checkpoint
 from effnet.inference.export_format import EXPORT_FORMAT, EXPORTED_SUFFIXES, FORMATS, OPSET
-from effnet.output_paths import OutputKind, RunInputs, check_file_target, marked_at_end
+from effnet.output_paths import OutputKind, RunInputs, check_file_target, file_identity, marked_at_end
 from effnet.variants import variant_name
 from effnet.command_line import ArgumentParser
 from effnet.inference.int8 import DEFAULT_MIN_AGREEMENT, export_int8, run_photos
-from effnet.run_files import default_output, int8_path
+from effnet.run_files import INT8_SUFFIX, default_output, float_stem, int8_path, is_int8_name
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
 MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)
 # An export of this project carries EXPORT_FORMAT in its metadata, at the end of the file (output_paths.py).
-EXPORT_OUTPUT = OutputKind("an export of this project", marked_at_end(EXPORT_FORMAT))
+EXPORT_OUTPUT = OutputKind("an export of this project", marked_at_end(EXPORT_FORMAT), model=True)
 OPENVINO_WEIGHTS_OUTPUT = OutputKind("the weights of an export of this project",
-                                     lambda path: EXPORT_OUTPUT.recognise(str(Path(path).with_suffix(".xml"))))
+                                     lambda path: EXPORT_OUTPUT.recognise(str(Path(path).with_suffix(".xml"))),
+                                     model=True)
 
 
 DESCRIPTION = """Export a trained EfficientNet for prediction without PyTorch: to ONNX (ONNX Runtime, OpenVINO and
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write an INT8 model beside the export (best.int8.onnx): ONNX Runtime's static quantization, "
              "calibrated on the run's training photos (split.json beside the checkpoint), kept only when it "
              "agrees with float32 on the run's validation photos (default: float32 only)")
-    add("--min-agreement", type=parse_percent, default=DEFAULT_MIN_AGREEMENT, metavar="PERCENT",
+    add("--min-agreement", type=parse_percent, default=None, metavar="PERCENT",
         help=f"with --int8: the share of validation photos whose top-1 class must stay float32's (default "
              f"{DEFAULT_MIN_AGREEMENT:g}); below it the INT8 model is refused and not written")
     return parser
@@ -151,7 +152,11 @@ def check_output(weights: Path, output: Path, args: argparse.Namespace) -> None:
         raise UsageError(f"--output {output} is a folder; give a file name ending in {expected}")
     if not output.parent.is_dir():
         raise UsageError(f"--output {output}: the folder {output.parent} does not exist")
+    check_int8_flags(output, args)
     inputs = run_inputs(weights, args)
+    if file_identity(output.parent) == file_identity(weights.parent):  # the checkpoint's own exports, beside it
+        for path in (output, output.with_suffix(".bin"), int8_path(output)):
+            inputs.add_own_output(path)
     check_file_target("--output", str(output), inputs, EXPORT_OUTPUT, args.overwrite)
     if args.format == "openvino":
         check_file_target("--output", str(output.with_suffix(".bin")), inputs, OPENVINO_WEIGHTS_OUTPUT, args.overwrite)
@@ -161,6 +166,19 @@ def check_output(weights: Path, output: Path, args: argparse.Namespace) -> None:
                              f"not --format {args.format}")
         check_file_target("--output", str(int8_path(output)), inputs, EXPORT_OUTPUT, args.overwrite)
         run_photos(weights)  # the calibration and check photos are there, before anything slow starts
+
+
+def check_int8_flags(output: Path, args: argparse.Namespace) -> None:
+    """Which file gets which model must be plain: --output names the float32 export, whose INT8 export goes
+    beside it as <name>.int8.onnx, so a name that says INT8 is never given a float32 model; and
+    --min-agreement, which only the INT8 check reads, is not ignored silently."""
+    if is_int8_name(output):
+        stem = float_stem(output)
+        raise UsageError(f"--output {output}: a name ending in {INT8_SUFFIX} is an INT8 export's; --output names "
+                         f"the float32 export (such as {stem}.onnx), and with --int8 the INT8 one goes beside it as "
+                         f"{stem}{INT8_SUFFIX}")
+    if args.min_agreement is not None and not args.int8:
+        raise UsageError(f"--min-agreement {args.min_agreement:g} needs --int8: it is the INT8 model's check")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -179,7 +197,8 @@ def export(args: argparse.Namespace) -> int:
                                       photos, args.format, args.opset)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB), {check.summary()}")
     if args.int8:
-        quantized, agreement = export_int8(output, weights, min_agreement=args.min_agreement)
+        minimum = DEFAULT_MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
+        quantized, agreement = export_int8(output, weights, min_agreement=minimum)
         print(f"wrote {quantized} ({quantized.stat().st_size / 2**20:.1f} MiB, INT8), {agreement.summary()}")
     if check.real and check.images < len(photos):
         print(f"note: {len(photos) - check.images} of the --images could not be read and were left out")

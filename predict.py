@@ -102,9 +102,9 @@ def check_figure_name(template: str | None) -> None:
 # What predict.py writes, and how it knows its own earlier files (output_paths.py has the rule).
 CSV_OUTPUT = OutputKind("a CSV table of predict.py", header_matches(r"image(,class_\d+,probability_\d+)+,error"))
 FIGURE_OUTPUT = OutputKind("a figure of predict.py", lambda path: figures().is_prediction_figure(path),
-                           scans_pass_over=True)
+                           scans_pass_over=True, picture=True)
 UNMARKED_FIGURE_OUTPUT = OutputKind("a figure of predict.py", None,
-                                    f"(only its {', '.join(FIGURE_SUFFIXES)} figures say so)")
+                                    f"(only its {', '.join(FIGURE_SUFFIXES)} figures say so)", picture=True)
 
 
 def check_figure_target(flag: str, path: str, inputs: RunInputs, overwrite: bool) -> None:

@@ -9,6 +9,22 @@ from effnet.command_line import UsageError
 RUNS_DIR = "runs"  # train.py's default --output-dir, where the programs look for the newest run
 BEST_CHECKPOINT, LAST_CHECKPOINT = "best.pth", "last.pth"
 INT8_SUFFIX = ".int8.onnx"  # best.onnx -> best.int8.onnx
+SPLIT_FILE = "split.json"  # a folder holding one is a run folder of train.py
+# A run folder's files that its run or the programs read back (train.py --resume, evaluate.py's copies warning,
+# export.py --int8, predict.py's class names and exports, the report's figures): no output may replace them.
+READ_BACK_NAMES = (SPLIT_FILE, "data_check.json", "class_indices.json", "recipe.json", "metrics.csv",
+                   "duplicates.csv", "report.html")
+MODEL_SUFFIXES = (".pth", ".onnx", ".xml", ".bin")  # checkpoints and exports (OpenVINO's .xml and .bin)
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a run folder of train.py: it holds split.json."""
+    return os.path.isfile(os.path.join(folder, SPLIT_FILE))
+
+
+def is_read_back(name: str) -> bool:
+    """Whether a file of a run folder called `name` is one its run or the programs read (see READ_BACK_NAMES)."""
+    return name in READ_BACK_NAMES or name.lower().endswith(MODEL_SUFFIXES)
 
 
 def newest_checkpoint(runs_dir: str | os.PathLike = RUNS_DIR, name_one: str = "pass --weights PATH") -> Path:

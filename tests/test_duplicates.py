@@ -165,6 +165,27 @@ def test_check_data_flags_are_checked_before_any_work(tmp_path, capsys, flower_s
           "lies in the data folder")
 
 
+def test_check_data_never_writes_into_another_run_and_needs_its_folder_up_front(tmp_path, capsys, flower_sample,
+                                                                              monkeypatch):
+    from effnet.training import data_check
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("the photos were checked")
+
+    monkeypatch.setattr(data_check, "check_images", no_check)
+    run = tmp_path / "runs" / "other"  # another run: its split.json makes it one
+    run.mkdir(parents=True)
+    (run / "split.json").write_text("{}")
+    record = ",".join(duplicates.DUPLICATE_COLUMNS) + "\r\nexact,0,2,a | b,x | x,train | val,no,yes\r\n"
+    (run / "duplicates.csv").write_bytes(record.encode())
+    fails_with(train.main, ["--data-path", str(flower_sample), "--check-data", str(run / "duplicates.csv")], capsys,
+               f"duplicates.csv is a file of the run folder {run}", "not even with --overwrite")
+    assert (run / "duplicates.csv").read_bytes() == record.encode()
+    missing = tmp_path / "no_such_folder" / "copies.csv"
+    fails_with(train.main, ["--data-path", str(flower_sample), "--check-data", str(missing)], capsys,
+               f"--check-data {missing}: the folder {missing.parent} does not exist")
+
+
 def test_close_pairs_finds_what_comparing_every_pair_finds(monkeypatch):
     rng = np.random.default_rng(0)
     base = [int(value) for value in rng.integers(0, 2**63, 40, dtype=np.int64)]

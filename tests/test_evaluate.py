@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -340,3 +341,20 @@ def test_links_that_lead_nowhere_are_reported_and_the_rest_scored(trained_run, t
     assert f"unreadable photo left out: {data / 'red' / 'self.jpg'}" in captured.err
     assert f"unreadable photo left out: {data / 'blue' / 'gone.jpg'}" in captured.err
     assert len(read_csv(tmp_path / "out" / "predictions.csv")) == 6
+
+
+# --- hostile round 3: a file a run reads is never replaced, whoever wrote it -------------------------------------
+
+
+def test_a_runs_own_files_are_never_replaced_not_even_with_overwrite(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    before = {name: (run / name).read_bytes() for name in ("split.json", "data_check.json", "report.html")}
+    for flag, name in (("--json", "split.json"), ("--json", "data_check.json"), ("--report", "report.html")):
+        assert_usage_error(evaluate.main, [str(data), "--weights", str(run / "best.pth"), flag, str(run / name),
+                                           "--overwrite", "--output-dir", str(tmp_path / "out")], capsys,
+                           f"{name} is a file of the run folder {run}", "not even with --overwrite")
+    assert_usage_error(evaluate.main, [str(data), "--weights", str(run / "best.pth"), "--output-dir", str(run)],
+                       capsys, f"--output-dir {run} is a run folder of train.py")
+    assert {name: (run / name).read_bytes() for name in before} == before

@@ -411,3 +411,29 @@ def test_export_names_its_own_arguments_in_its_messages(trained_run, tmp_path, m
     monkeypatch.chdir(tmp_path)  # no runs here
     line = fails_with([], capsys, "no trained checkpoint found", "python export.py CHECKPOINT", program=export)
     assert "--weights" not in line
+
+
+# --- hostile round 3: another run's export, and --output with --int8 --------------------------------------------
+
+
+def test_export_never_writes_into_another_runs_folder(trained_run, tmp_path, capsys):
+    a, b = copy_run(trained_run, tmp_path / "A"), copy_run(trained_run, tmp_path / "B")
+    before = (b / "best.onnx").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        fails_with([str(a / "best.pth"), "--output", str(b / "best.onnx"), *extra], capsys,
+                   f"best.onnx is a file of the run folder {b}", "not even with --overwrite", program=export)
+    assert (b / "best.onnx").read_bytes() == before
+
+
+def test_output_with_int8_names_the_float32_export_and_min_agreement_needs_int8(trained_run, tmp_path, capsys):
+    run = copy_run(trained_run, tmp_path / "run")
+    before = (run / "best.onnx").read_bytes()
+    fails_with([str(run / "best.pth"), "--int8", "--min-agreement", "0", "--output", str(run / "best.int8.onnx")],
+               capsys, f"--output {run / 'best.int8.onnx'}", "--output names the float32 export",
+               f"the INT8 one goes beside it as {run / 'best'}.int8.onnx", program=export)
+    fails_with([str(run / "best.pth"), "--output", str(tmp_path / "model.int8.onnx")], capsys,
+               "--output names the float32 export", program=export)
+    fails_with([str(run / "best.pth"), "--min-agreement", "90"], capsys, "--min-agreement 90 needs --int8",
+               program=export)
+    assert (run / "best.onnx").read_bytes() == before and not (run / "best.int8.onnx").exists()
+    assert not (tmp_path / "model.int8.onnx").exists()

@@ -83,3 +83,67 @@ def test_folders_and_files_in_their_places(inputs, tmp_path):
         check_folder_target("--output-dir", str(tmp_path / "out"), inputs, {"table.csv": TABLE}, False)
     with pytest.raises(UsageError, match="--report .*out.html is the file --json names too"):
         check_distinct([("--json", str(tmp_path / "out.html")), ("--report", str(tmp_path / "." / "out.html"))])
+
+
+# --- hostile round 3: a run folder's files, models and pictures are never replaced by another output ----------
+
+
+@pytest.fixture
+def run_folder(tmp_path: Path) -> Path:
+    """A run folder of train.py as far as the rule is concerned: a folder holding split.json."""
+    run = tmp_path / "runs" / "colours"
+    run.mkdir(parents=True)
+    for name in ("split.json", "data_check.json", "recipe.json", "metrics.csv", "duplicates.csv", "report.html",
+                 "best.pth", "best.onnx", "notes.txt"):
+        (run / name).write_bytes(b"the run's own " + name.encode())
+    return run
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_run_folders_files_are_never_replaced_not_even_with_overwrite(run_folder, overwrite):
+    ours = OutputKind("a table of ours", lambda path: True)  # even a file that passes for ours
+    for name in ("split.json", "data_check.json", "recipe.json", "metrics.csv", "duplicates.csv", "report.html",
+                 "best.pth", "best.onnx"):
+        message = refused(run_folder / name, RunInputs(), overwrite, ours)
+        assert f"{name} is a file of the run folder {run_folder}" in message and "not even with --overwrite" in message
+    # a name the run's files go by, not there yet: the programs would take it for the run's own
+    assert "is a file of the run folder" in refused(run_folder / "last.pth", RunInputs(), overwrite, ours)
+    assert "is a file of the run folder" in refused(run_folder / "best.int8.onnx", RunInputs(), overwrite, ours)
+    # any other file there belongs to the run as well; a new name is free
+    assert "belongs to the run in" in refused(run_folder / "notes.txt", RunInputs(), overwrite, ours)
+    check_file_target("--csv", str(run_folder / "mine.csv"), RunInputs(), ours, overwrite)
+    with pytest.raises(UsageError, match="is a run folder of train.py"):
+        check_folder_target("--output-dir", str(run_folder), RunInputs(), {}, overwrite)
+    assert all((run_folder / name).read_bytes().startswith(b"the run's own") for name in ("split.json", "notes.txt"))
+
+
+def test_the_program_that_writes_a_runs_export_may_replace_it(run_folder, tmp_path):
+    export_kind = OutputKind("an export of ours", lambda path: False, model=True)
+    owner = RunInputs()
+    owner.add_own_output(run_folder / "best.onnx")  # export.py: the export of the checkpoint beside it
+    check_file_target("--output", str(run_folder / "best.onnx"), owner, export_kind, True)
+    assert "not an export of ours" in refused(run_folder / "best.onnx", owner, False, export_kind)
+    assert "is a file of the run folder" in refused(run_folder / "best.int8.onnx", owner, True, export_kind)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_models_and_pictures_elsewhere_are_never_replaced_by_other_outputs(tmp_path, overwrite):
+    (tmp_path / "model.pth").write_bytes(b"PK a checkpoint")
+    (tmp_path / "model.onnx").write_bytes(b"an export")
+    (tmp_path / "o8.jpg").write_bytes(b"\xff\xd8\xff\xe0 a photo")
+    (tmp_path / "photo.dat").write_bytes(b"\x89PNG\r\n\x1a\n a photo under another name")
+    (tmp_path / "bmp.txt").write_bytes(b"BMx\0\0\0\0\0\0\0\0\0\0\0\x28\0\0\0 a bitmap")
+    (tmp_path / "notes.txt").write_bytes(b"BMW, Audi: no picture")
+    for name in ("model.pth", "model.onnx"):
+        assert "is a model file" in refused(tmp_path / name, RunInputs(), overwrite)
+    for name in ("o8.jpg", "photo.dat", "bmp.txt"):
+        message = refused(tmp_path / name, RunInputs(), overwrite)
+        assert "exists and is not a table of ours: it is a picture" in message and "not even with --overwrite" in message
+    exporter = OutputKind("an export of ours", lambda path: False, model=True)
+    figure = OutputKind("a figure of ours", None, picture=True)
+    if overwrite:  # an export may replace an export, a figure a picture, anything else a text file: when told
+        check_file_target("--output", str(tmp_path / "model.onnx"), RunInputs(), exporter, overwrite)
+        check_file_target("--save", str(tmp_path / "o8.jpg"), RunInputs(), figure, overwrite)
+        check_file_target("--csv", str(tmp_path / "notes.txt"), RunInputs(), TABLE, overwrite)
+    (tmp_path / "ours.jpg").write_text("image,class_1,class_2,error\r\n")  # an earlier table of ours by that name
+    check_file_target("--csv", str(tmp_path / "ours.jpg"), RunInputs(), TABLE, overwrite)

@@ -334,6 +334,19 @@ def test_csv_never_replaces_a_photo_taken_for_a_switch_or_named_twice(trained_ru
     assert checksums(photo, other) == before
 
 
+def test_overwrite_never_lets_csv_replace_a_picture_that_is_not_an_input(trained_run, photo, tmp_path, capsys):
+    other = photo.with_name("o8.jpg")  # `--overwrite --csv o8.jpg b.jpg`: o8.jpg is no input, but a photo
+    renamed = tmp_path / "holiday.dat"  # a photo whose name does not say so: its first bytes do
+    shutil.copy(photo, other)
+    shutil.copy(photo, renamed)
+    before = checksums(other, renamed)
+    for target in (other, renamed):
+        assert_usage_error(predict.main, [*weights(trained_run), "--overwrite", "--csv", str(target), str(photo)],
+                           capsys, f"{target} exists and is not a CSV table of predict.py: it is a picture",
+                           "not even with --overwrite")
+    assert checksums(other, renamed) == before
+
+
 def test_csv_never_replaces_the_weights_or_class_names(trained_run, photo, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -22,7 +22,7 @@ PREDICTION_COLUMNS = ("path", "true", "predicted", "confidence", "correct", "tru
 RESULT_FILES = {
     "predictions.csv": OutputKind("a predictions.csv of evaluate.py", header_matches(",".join(PREDICTION_COLUMNS))),
     "per_class.csv": OutputKind("a per_class.csv of this project", header_matches(",".join(metrics.TABLE_COLUMNS))),
-    "confusion_matrix.png": OutputKind("a figure of this project", marked_at_start(FIGURE_MARK)),
+    "confusion_matrix.png": OutputKind("a figure of this project", marked_at_start(FIGURE_MARK), picture=True),
 }
 
 

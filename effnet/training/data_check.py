@@ -24,6 +24,10 @@ def check_csv_target(settings: TrainSettings) -> None:
     inputs = RunInputs()
     inputs.add_folder(settings.data_path, "the data folder")
     check_file_target("--check-data", settings.check_data, inputs, DUPLICATES_OUTPUT, overwrite=True)
+    folder = os.path.dirname(os.path.abspath(settings.check_data))
+    if not os.path.isdir(folder):  # found now, not when the table is written after the whole check
+        raise UsageError(f"--check-data {settings.check_data}: the folder {folder} does not exist; create it or "
+                         f"choose another file")
     if os.path.lexists(settings.check_data) and not DUPLICATES_OUTPUT.recognise(settings.check_data):
         raise UsageError(f"{settings.check_data} exists and is not {DUPLICATES_OUTPUT.description}; choose "
                          f"another --check-data file")
