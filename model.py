@@ -29,7 +29,7 @@ class _BatchNormSiLU(torch.autograd.Function):
 
     The normalised tensor that SiLU's gradient needs is recomputed from the stored input and batch
     statistics in one pass instead of being kept: one activation tensor fewer per layer, 12-22% less
-    training memory at the same speed (BENCHMARKS.md), and the same results as the two modules in a row.
+    training memory at the same speed (docs/benchmarks.md), and the same results as the two modules in a row.
     """
 
     @staticmethod

@@ -1,5 +1,5 @@
 """What the data check costs against one training epoch at the default settings, and its memory
-(BENCHMARKS.md, "Data checks"). Run it on a quiet machine: it times train.py.
+(docs/benchmarks.md, "Data checks"). Run it on a quiet machine: it times train.py.
 
     python -m benchmarks.data_check_cost                                  # data/flower_sample, then x10
     python -m benchmarks.data_check_cost --photos ~/flower_photos_mini   # any class-per-folder tree

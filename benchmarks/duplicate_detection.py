@@ -1,5 +1,5 @@
 """How well the data check finds copies of real photos: recall on injected copies, pairs of different photos
-taken for copies, and the precision of the check on a set holding both (BENCHMARKS.md, "Data checks").
+taken for copies, and the precision of the check on a set holding both (docs/benchmarks.md, "Data checks").
 
     python -m benchmarks.duplicate_detection                                   # data/flower_sample (150 photos)
     python -m benchmarks.duplicate_detection --photos ~/flower_photos_mini    # any class-per-folder tree

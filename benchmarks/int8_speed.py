@@ -16,7 +16,7 @@ agreement threshold, so that the figures are reported whatever they are. Then:
    rounds alternating, medians (deployment.throughput).
 3. File sizes, the CPU and its vector and dot-product instructions, the library versions.
 
-Prints a markdown table for BENCHMARKS.md, and whether INT8 was faster at both batch sizes: only then
+Prints a markdown table for docs/benchmarks.md, and whether INT8 was faster at both batch sizes: only then
 should predict.py's default change.
 """
 import argparse

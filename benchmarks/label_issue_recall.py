@@ -1,4 +1,4 @@
-"""How many planted label errors a run's label_issues.csv finds (BENCHMARKS.md, "Data checks").
+"""How many planted label errors a run's label_issues.csv finds (docs/benchmarks.md, "Data checks").
 
     python -m benchmarks.label_issue_recall                               # the quick try on data/flower_sample
     python -m benchmarks.label_issue_recall --epochs 60 --image-size 128   # a longer run

@@ -1,4 +1,4 @@
-"""Reproduce the training-recipe experiments recorded in BENCHMARKS.md ("Training recipe").
+"""Reproduce the training-recipe experiments recorded in docs/benchmarks.md ("Training recipe").
 
     python -m benchmarks.training_recipes ablation  --seeds 0 1      # which options help: one run per combination
     python -m benchmarks.training_recipes recipes   --seeds 1 2      # --recipe tutorial against --recipe modern

@@ -13,10 +13,11 @@ def keep_freed_memory_for_reuse(enable: bool = True) -> bool:
     Every training and inference step frees and reallocates the same large activation tensors. By default
     glibc serves each from fresh mmap pages, and the kernel's page faults to zero them cost more than the
     arithmetic of the elementwise layers: on our 2-core machines torchvision's B0 runs 1.6-2x faster at
-    batch 32 with this setting alone (BENCHMARKS.md). The price is memory: freed blocks stay with the
-    process, and a CPU training step's resident peak grows by about a quarter (BENCHMARKS.md). `enable=False` restores what glibc settles on by itself (32 MiB mmap threshold,
-    64 MiB trim threshold) and hands back what was kept, as a process that never enabled it would be
-    (benchmarks/speed.py switches between the two). Returns False where there is no glibc.
+    batch 32 with this setting alone (docs/benchmarks.md). The price is memory: freed blocks stay with the
+    process, and a CPU training step's resident peak grows by about a quarter (docs/benchmarks.md).
+    `enable=False` restores what glibc settles on by itself (32 MiB mmap threshold, 64 MiB trim threshold) and
+    hands back what was kept, as a process that never enabled it would be (benchmarks/speed.py switches between
+    the two). Returns False where there is no glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,6 +1,6 @@
 """What the tests and the benchmarks both set up: app.py running in its own process, camera-sized photos, and a
 run folder holding a randomly initialised model. Test support, kept with the tests; the benchmarks import it as
-tests.harness (run from the repository root, as BENCHMARKS.md says)."""
+tests.harness (run from the repository root, as docs/benchmarks.md says)."""
 import os
 import random
 import socket

@@ -50,9 +50,9 @@ def test_without_recipe_flags_the_run_is_the_tutorials():
     assert args.freeze_layers is False  # the tutorial's default: every layer trains
 
 
-def test_modern_preset_resolves_to_the_flags_the_readme_documents():
-    readme = (REPO / "README.md").read_text()
-    documented = re.search(r"`--recipe modern` stands for `([^`]+)`", readme).group(1).split()
+def test_modern_preset_resolves_to_the_flags_the_training_page_documents():
+    page = (REPO / "docs" / "training.md").read_text()
+    documented = re.search(r"`--recipe modern` stands for `([^`]+)`", page).group(1).split()
     modern, spelled_out = resolved("--recipe", "modern"), resolved(*documented)
     assert modern == dataclasses.replace(spelled_out, recipe="modern")
     for key, value in PRESETS["modern"].items():

@@ -8,7 +8,7 @@ Each photo gets two fingerprints from one read of its file: the sha256 of its by
 classic "pHash") and a difference hash (whether each pixel of a 9 x 8 thumbnail is brighter than its left-hand
 neighbour). Two photos are near-duplicates when both halves differ in at most NEAR_BITS bits: either hash
 alone, loose enough to catch a copy cropped by a few percent, pairs different photos of one kind of flower;
-together they do not (BENCHMARKS.md, "Data checks", has the measurements). A JPEG is decoded at 1/2 to 1/8
+together they do not (docs/benchmarks.md, "Data checks", has the measurements). A JPEG is decoded at 1/2 to 1/8
 scale inside the decoder, as the thumbnail needs no more. Hashes are compared a block of photos at a time
 against the whole set, so memory stays bounded whatever the number of photos (no matrix of all pairs).
 No PyTorch here: evaluate.py uses it too.
@@ -30,7 +30,7 @@ from effnet.data.images import open_image, reduce_jpeg_decode, to_rgb
 from effnet.output_paths import generator_field
 
 METHOD = "sha256 + dct hash 64 + difference hash 64, v1"  # fingerprints of another method are not reused
-NEAR_BITS = 14  # the most bits of 64 in which each of the two hashes may differ; BENCHMARKS.md ("Data checks")
+NEAR_BITS = 14  # the most bits of 64 in which each of the two hashes may differ; docs/benchmarks.md ("Data checks")
 HASH_SIDE, FREQUENCIES = 32, 8
 PAIR_BLOCK = 1 << 21  # picture hashes compared at once (32 MiB of 64-bit words), whatever the size of the set
 KEEP_FIRST = ("test", "val", "train")  # the copy --drop-duplicates keeps: a held-out one, so test sets stay as given

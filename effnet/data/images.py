@@ -184,7 +184,7 @@ def normalize(image: Image.Image, mean: tuple[float, ...] = MEAN, std: tuple[flo
     """(3, H, W) float32 array: pixels / 255, minus the mean, over the std, as ToTensor + Normalize do
     (the same float32 operations in the same order, so the same bits)."""
     # Channels first while still bytes, then in place one channel at a time: 4x faster than broadcasting
-    # over the last axis (BENCHMARKS.md, data pipeline), and the same float32 operations on every pixel.
+    # over the last axis (docs/benchmarks.md, data pipeline), and the same float32 operations on every pixel.
     pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32)
     pixels /= np.float32(255)
     means, stds = (np.broadcast_to(np.asarray(values, np.float32), (3,)) for values in (mean, std))  # 1 or 3 values

@@ -84,7 +84,7 @@ class OnnxRuntimeBackend(ExportedBackend):
 
     ONNX Runtime's defaults: every graph optimisation (Sigmoid x Mul fused, convolutions in the blocked
     NCHWc layout), one thread per core, worker threads that spin while they wait. Each was measured against
-    the alternatives on an idle 2-core machine; BENCHMARKS.md lists what was tried. (Sleeping threads won
+    the alternatives on an idle 2-core machine; docs/benchmarks.md lists what was tried. (Sleeping threads won
     only beside another busy process, and lost 1.2-1.3x at batch 1 and 32 on an idle machine.)
     """
 

@@ -32,7 +32,7 @@ BATCH = 16  # photos per scoring batch
 CALIBRATION_BATCH = 8
 # Each activation's range: from the 0.005th to the 99.995th percentile of its values over the calibration
 # photos, so that a handful of outliers do not stretch the 256 steps over values that hardly occur. Measured
-# against the full range (MinMax) on B0 runs trained on real flower photos (BENCHMARKS.md): the share of
+# against the full range (MinMax) on B0 runs trained on real flower photos (docs/benchmarks.md): the share of
 # validation photos keeping float32's top-1 class rose from 92% to 98% (224 px) and from 84% to 87% (96 px).
 CALIBRATION_PERCENTILE = 99.99
 # Quantized: the convolutions, the classifier, and the element-wise operators between them, so that the

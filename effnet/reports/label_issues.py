@@ -4,7 +4,7 @@ An image is listed when the model is confident that it belongs to another class,
 probability of that other class is at least the average probability the model gives that class on the images
 labelled with it (the per-class threshold of "confident learning", Northcutt et al. 2021). The list is ranked
 by the probability of the given class, lowest first. Its worth is the model's: a model trained briefly from
-scratch lists many photos it simply gets wrong, so the list is photos to look at, not errors found (README).
+scratch lists many photos it simply gets wrong, so the list is photos to look at, not errors found (docs/training.md).
 No PyTorch here: the probabilities come from scoring.evaluate_images.
 """
 import math

@@ -28,7 +28,7 @@ TUTORIAL: Mapping[str, Any] = {
     "drop_path": None, "class_weights": "none", "balanced_sampling": False, "early_stopping": None,
     "best_metric": "acc", "report": True, "onnx": True,
 }
-# The measured combinations (docs/benchmarks.md, "Training recipe"); README.md lists the same flags.
+# The measured combinations (docs/benchmarks.md, "Training recipe"); docs/training.md lists the same flags.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "tutorial": {},
     "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2},
