@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a Ctrl-C while modules import takes effect once they are whole: a half-imported numpy or torch breaks
         with interrupts_deferred():
             from effnet.training.flags import build_parser, given_flags
-            from effnet.training.settings import DEFAULT_DATA_PATH, TrainSettings, settings_from_flags
+            from effnet.training.settings import TrainSettings, describe_sizes, settings_from_flags
         flags = build_parser().parse_args(argv)  # --help and a wrong flag answer here, before PyTorch is imported
         given = given_flags(argv)
         new_run = None if flags.resume else settings_from_flags(flags, given)  # checked once, then frozen
@@ -27,15 +27,13 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             from torch.utils.data import DataLoader
 
-            from effnet.data.flower_photos import ensure_flower_photos
             from effnet.data.sampling import EpochSampler, LastBatchMerged
             from effnet.hardware import default_workers, keep_freed_memory_for_reuse
             from effnet.reports.run_review import finish_run
             from effnet.training import distributed, recipe, resume, run_folder, stopping
-            from effnet.training.data_check import check_data, check_split
+            from effnet.training.data_check import check_data, check_split, download_if_missing
             from effnet.training.progress import Progress, epoch_line
             from effnet.training.steps import StepSettings
-            from effnet.variants import image_settings
             from model import create_model
             from my_dataset import MyDataSet, crop_decode_size, eval_transform, train_transform
             from utils import evaluate_epoch, read_data, train_epoch
@@ -48,14 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory_for_reuse()  # faster steps on Linux (hardware.py says why)
         resumed = resume.resume_run(flags, given) if flags.resume else None
         settings: TrainSettings = resumed.settings if resumed else new_run
-        if resumed is None:
-            run_folder.check_place(settings)  # before any work: where the run folder (or --check-data's table) goes
+        run_folder.check_place(settings)  # before any work: where a new run folder (or --check-data's table) goes
         ddp, device = distributed.init_distributed(settings.device, settings.sync_bn)  # torchrun: a GPU each
 
         # the photos: the tutorial's split of class folders (utils.read_split_data), a dataset's own train/ val/
         # test/ folders, or a resumed run's split.json; then the check for copies among them
-        if resumed is None and settings.data_path == DEFAULT_DATA_PATH:
-            distributed.main_first(ddp, ensure_flower_photos, settings.data_path)  # downloaded when missing
+        download_if_missing(settings, ddp)  # the flower photos, --data-path's default
         split = resumed.split if resumed else read_data(settings.data_path, settings.val_rate, settings.seed,
                                                         report=ddp.is_main)
         check_split(split, settings)
@@ -65,26 +61,27 @@ def main(argv: list[str] | None = None) -> int:
 
         # the two datasets with their transforms (my_dataset.py), and their loaders; EpochSampler seeds each
         # sample's augmentation by the run's seed, the epoch and its index: a resumed run sees the same batches
-        images = image_settings(settings.model, settings.image_size)
-        size = images["train_size"]
-        train_dataset = MyDataSet(split.train_paths, split.train_labels,
-                                  train_transform(size, settings.auto_augment, settings.random_erase),
-                                  decode_size=crop_decode_size(size))
+        images = settings.image_settings()  # the crop sizes and normalisation of the variant, or of --image-size
+        sizes = settings.train_sizes(images["train_size"])  # per epoch; --progressive-resizing grows them
         val_dataset = MyDataSet(split.val_paths, split.val_labels,
                                 eval_transform(images["eval_resize"], images["eval_crop"], images["interpolation"]),
                                 decode_size=images["eval_resize"])
-        train_sampler = EpochSampler(len(train_dataset), shuffle=True, seed=settings.seed, rank=ddp.rank,
+        train_sampler = EpochSampler(len(split.train_paths), shuffle=True, seed=settings.seed, rank=ddp.rank,
                                      num_replicas=ddp.world_size,
                                      weights=recipe.sample_weights(split.train_labels, len(split.classes), settings))
+        train_batches = LastBatchMerged(train_sampler, settings.batch_size)
         workers = default_workers(settings.batch_size) if settings.workers is None else settings.workers
         # each loader draws from a generator of its own, not from the global one that dropout uses
         loading = dict(num_workers=workers, collate_fn=MyDataSet.collate_fn, pin_memory=device.type == "cuda",
                        persistent_workers=workers > 0, generator=torch.Generator())
-        train_loader = DataLoader(train_dataset, batch_sampler=LastBatchMerged(train_sampler, settings.batch_size),
-                                  **loading)
         val_loader = DataLoader(val_dataset, batch_size=settings.batch_size, **loading,
                                 sampler=EpochSampler(len(val_dataset), shuffle=False, rank=ddp.rank,
                                                      num_replicas=ddp.world_size, pad=False))
+
+        def train_loader_at(size: int) -> DataLoader:  # the training photos, cropped to `size` pixels
+            transform = train_transform(size, settings.auto_augment, settings.random_erase)
+            dataset = MyDataSet(split.train_paths, split.train_labels, transform, decode_size=crop_decode_size(size))
+            return DataLoader(dataset, batch_sampler=train_batches, **loading)
 
         # the model from model.py, with its starting weights: ImageNet's, a .pth, none, or the resumed run's
         torch.manual_seed(settings.seed)
@@ -97,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         # the optimizer and the schedule (SGD and a cosine, as the tutorial's, or AdamW with warm-up), and what the
         # recipe adds to each step: the loss, mixup/CutMix, the weights' moving average (which validation scores)
         optimizer = recipe.build_optimizer(raw_model, settings)
-        scheduler = recipe.build_scheduler(optimizer, settings)
-        steps = recipe.TrainingSteps.build(settings, split.train_labels, len(split.classes), raw_model, device)
+        scheduler = recipe.build_scheduler(optimizer, settings, steps_per_epoch=len(train_batches))
+        steps = recipe.TrainingSteps.build(settings, split.train_labels, len(split.classes), raw_model, device,
+                                           scheduler)
         step_settings = StepSettings.for_device(device, settings.channels_last, settings.amp)
         eval_model = steps.evaluated(eval_model)
 
@@ -110,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = resumed.folder
             progress = resume.restore_progress(resumed, optimizer, scheduler, steps, step_settings)
         folder.write_data_check(data_check, split.root)
-        ddp.print(f"{split.describe()} in {len(split.classes)} classes; efficientnet_{settings.model} at {size} px on "
-                  f"{device}{f' x {ddp.world_size} processes' if ddp.world_size > 1 else ''}; run folder {folder.path}")
+        ddp.print(f"{split.describe()} in {len(split.classes)} classes; efficientnet_{settings.model} at "
+                  f"{describe_sizes(sizes)} on {device}{ddp.processes}; run folder {folder.path}")
 
         # the epochs: train, validate, keep the best (best.pth) and the last (last.pth)
         show = settings.progress and ddp.is_main
@@ -119,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             for epoch in range(progress.next_epoch, settings.epochs):
                 if recipe.early_stop(settings, progress.best_epoch, epoch, ddp.print):
                     break
+                if epoch == progress.next_epoch or sizes[epoch] != sizes[epoch - 1]:  # the first, or a new size
+                    train_loader = train_loader_at(sizes[epoch])
                 train_sampler.set_epoch(epoch)
                 torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout, stochastic depth, mixup: resumable
                 lr = optimizer.param_groups[0]["lr"]
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                                            progress=show)
                 stopping.check_images_read(split.root, epoch + 1, trained, validated,
                                            len(train_sampler) * ddp.world_size, len(split.val_paths))
-                scheduler.step()
-                improved = progress.record(epoch + 1, lr, trained, validated, settings)
+                scheduler.after_epoch()
+                improved = progress.record(epoch + 1, lr, sizes[epoch], trained, validated, settings)
                 folder.write_epoch(progress.checkpoint(steps.checkpoint_fields(raw_model), optimizer, scheduler,
                                                        step_settings.scaler, settings, split.classes, images,
                                                        validated.confusion), improved, progress.history)

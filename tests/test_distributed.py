@@ -28,7 +28,8 @@ def torchrun(*args: str, script: str = "train.py", timeout: float = 300) -> subp
 def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("ddp")
     data = make_class_folders(root / "data", per_class=10)  # 3 validation images per class, 9 in all
-    result = torchrun(*train_args(data, root / "runs", "--epochs", "2", "--val-rate", "0.3"))
+    result = torchrun(*train_args(data, root / "runs", "--epochs", "2", "--val-rate", "0.3",
+                                  "--progressive-resizing", "0.5"))  # a loader for each size: 32 px, then 48
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "runs", result
 
@@ -81,12 +82,14 @@ def test_resume_under_torchrun(distributed_run):
     assert "resuming" in result.stdout and torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
 
 
-def torchrun_patched(data: Path, tmp_path: Path, patch: str, epochs: int,
-                     batch_size: int) -> subprocess.CompletedProcess:
-    """torchrun of train.py on `data`, with `patch` (Python source) applied in every process first."""
+def torchrun_patched(data: Path, tmp_path: Path, patch: str, epochs: int, batch_size: int,
+                     *extra: str) -> subprocess.CompletedProcess:
+    """torchrun of train.py on `data` with `extra` flags, with `patch` (Python source) applied in every process
+    first."""
     wrapper = tmp_path / "patched_train.py"
     wrapper.write_text(f"import os, sys, train, utils\n{patch}\nsys.exit(train.main())\n")
-    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", str(batch_size)),
+    return torchrun(*train_args(data, tmp_path / "runs", "--epochs", str(epochs), "--batch-size", str(batch_size),
+                                *extra),
                     script=str(wrapper), timeout=240)
 
 
@@ -123,7 +126,8 @@ def test_uneven_batches_across_the_processes_leave_none_waiting(tmp_path):
         "        print('rank 1 loses its first batch', flush=True)\n"
         "        return None\n"
         "    return real(batch)\n"
-        "MyDataSet.collate_fn = staticmethod(collate)"), epochs=1, batch_size=2)  # 4 images each: 2 steps
+        "MyDataSet.collate_fn = staticmethod(collate)"), 1, 2,  # 4 images each: 2 steps of 2
+        "--lr-schedule", "onecycle")  # stepped after every batch: the processes must step alike
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 loses its first batch" in result.stdout and "epoch 1/1:" in result.stdout
     run = next((tmp_path / "runs").iterdir())

@@ -111,14 +111,42 @@ def test_the_optimizer_holds_every_parameter_that_trains_once_with_the_recipes_d
 def test_warm_up_rises_linearly_then_follows_the_cosine():
     args = resolved("--epochs", "6", "--warmup-epochs", "2", "--lrf", "0.1")
     optimizer = recipe.build_optimizer(nn.Linear(3, 2), args)
-    scheduler = recipe.build_scheduler(optimizer, args)
+    schedule = recipe.build_scheduler(optimizer, args)
     lrs = []
     for _ in range(6):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        scheduler.step()
+        schedule.after_batch()  # a no-op for the tutorial's cosine, which steps per epoch
+        schedule.after_epoch()
     cosine = [0.01 * (((1 + math.cos(k * math.pi / 4)) / 2) * 0.9 + 0.1) for k in range(4)]
     assert lrs == pytest.approx([0.01 / 3, 0.02 / 3, *cosine])
+
+
+def test_onecycle_rises_from_a_25th_then_follows_the_cosine_every_batch():
+    args = resolved("--epochs", "4", "--warmup-epochs", "1", "--lrf", "0.1", "--lr-schedule", "onecycle")
+    model = nn.Linear(3, 2)
+    optimizer = recipe.build_optimizer(model, args)
+    schedule = recipe.build_scheduler(optimizer, args, steps_per_epoch=5)
+    lrs = []
+    for _ in range(4):
+        for _ in range(5):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.after_batch()
+        schedule.after_epoch()  # a no-op here: the schedule steps per batch
+    expected_rise = [0.01 * (1 / 25 + (1 - 1 / 25) * step / 5) for step in range(5)]
+    expected_fall = [0.01 * (0.1 + 0.9 * (1 + math.cos(math.pi * k / 14)) / 2) for k in range(15)]
+    assert lrs == pytest.approx(expected_rise + expected_fall)
+    assert lrs[5] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)  # the top, then --lr x --lrf at the end
+
+
+@pytest.mark.parametrize("epochs, start, sizes", [
+    (8, "0.5", [112, 112, 144, 144, 192, 192, 224, 224]), (6, "0.5", [112, 112, 144, 192, 192, 224]),
+    (3, "0.57", [128, 176, 224]), (1, "0.5", [224]), (8, None, [224] * 8)])
+def test_progressive_resizing_grows_the_crop_in_stages_to_the_full_size(epochs, start, sizes):
+    flags = ["--epochs", str(epochs), *(["--progressive-resizing", start] if start else [])]
+    assert resolved(*flags).train_sizes(224) == sizes
+    assert resolved("--epochs", "8", "--progressive-resizing", "0.1").train_sizes(64)[0] == 32  # never below 32 px
 
 
 # --- the loss --------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The checks of a run's photos before training: the split fits the flags (--num_classes, something to validate on),
-and the copies among the photos (effnet/data/duplicates.py finds them), summed up in one line; --drop-duplicates
-takes them out of a new run's split, and --check-data lists them (and writes them to its CSV) as the whole job."""
+"""The photos of a run before training: the flower photos downloaded when they are the default and missing, the
+split checked against the flags (--num_classes, something to validate on), and the copies among the photos
+(effnet/data/duplicates.py finds them), summed up in one line; --drop-duplicates takes them out of a new run's
+split, and --check-data lists them (and writes them to its CSV) as the whole job."""
 import os
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ from effnet.data.duplicates import DATA_CHECK, DUPLICATE_COLUMNS, DataCheck, che
     read_saved_fingerprints, write_duplicates_csv
 from effnet.data.split import DataSplit
 from effnet.output_paths import OutputKind, RunInputs, check_file_target, header_matches
-from effnet.training.distributed import broadcast_object
-from effnet.training.settings import TrainSettings
+from effnet.data.flower_photos import ensure_flower_photos
+from effnet.training.distributed import Distributed, broadcast_object, main_first
+from effnet.training.settings import DEFAULT_DATA_PATH, TrainSettings
 
 DUPLICATES_OUTPUT = OutputKind("a duplicates table of train.py", header_matches(",".join(DUPLICATE_COLUMNS)))
 
@@ -31,6 +33,13 @@ def check_csv_target(settings: TrainSettings) -> None:
     if os.path.lexists(settings.check_data) and not DUPLICATES_OUTPUT.recognise(settings.check_data):
         raise UsageError(f"{settings.check_data} exists and is not {DUPLICATES_OUTPUT.description}; choose "
                          f"another --check-data file")
+
+
+def download_if_missing(settings: TrainSettings, ddp: Distributed) -> None:
+    """The flower photos, --data-path's default, downloaded on a new run's first use: by the main process, while
+    the others wait."""
+    if not settings.resume and settings.data_path == DEFAULT_DATA_PATH:
+        main_first(ddp, ensure_flower_photos, settings.data_path)
 
 
 def check_split(split: DataSplit, settings: TrainSettings) -> None:

@@ -30,6 +30,11 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def processes(self) -> str:
+        """' x 4 processes' under torchrun with several, else nothing: for the line that says where a run trains."""
+        return f" x {self.world_size} processes" if self.world_size > 1 else ""
+
     def print(self, message: str) -> None:
         """Print on the main process only: under torchrun, once."""
         if self.is_main:

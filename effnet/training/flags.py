@@ -118,6 +118,13 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         help="stop when the best metric has not improved for PATIENCE epochs (default off)")
     add("--best-metric", choices=list(BEST_METRICS), default=default["best_metric"],
         help="what best.pth and early stopping go by: validation accuracy or macro F1 (default acc)")
+    add("--lr-schedule", choices=("cosine", "onecycle"), default=default["lr_schedule"],
+        help="'cosine': the tutorial's, stepped once per epoch; 'onecycle': the same warm-up and cosine, stepped "
+             "after every batch, the warm-up rising from --lr/25 (default cosine)")
+    add("--progressive-resizing", type=float, default=default["progressive_resizing"], metavar="START",
+        help="train the first epochs on smaller crops, START x --image-size (0.5: 112 px for b0), growing in up to "
+             "4 stages to the full size for the last quarter of the epochs; validation is always at the full size "
+             "(default off)")
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:

@@ -22,16 +22,17 @@ class Progress:
     next_epoch: int = 0  # epochs completed, so the index of the next one
     best_score: float = -1.0  # --best-metric of the best epoch
 
-    def record(self, epoch: int, lr: float, trained: EpochResult, validated: EpochResult,
+    def record(self, epoch: int, lr: float, size: int, trained: EpochResult, validated: EpochResult,
                settings: TrainSettings) -> bool:
-        """Add epoch `epoch` (from 1) to the history; True when it is the best so far by --best-metric. Weights
+        """Add epoch `epoch` (from 1), trained at `size` px, to the history; True when it is the best so far by
+        --best-metric. Weights
         whose validation outputs are not finite (activations that overflow while BatchNorm's statistics lag,
         early in a run from scratch) classify nothing, and an epoch that read no photo proved nothing: never
         the best."""
         row = {"epoch": epoch, "train_loss": trained.loss, "train_acc": trained.accuracy,
                "val_loss": validated.loss, "val_acc": validated.accuracy,
                "val_macro_f1": metrics.macro_f1(validated.confusion), "lr": lr,
-               "train_images_per_s": trained.images_per_second}
+               "train_images_per_s": trained.images_per_second, "train_size": size}
         self.history.append(row)
         score = settings.best_metric_of(row)
         improved = math.isfinite(validated.loss) and validated.images > 0 and score > self.best_score

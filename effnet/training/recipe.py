@@ -65,6 +65,48 @@ class CosineFactor:
         return ((1 + math.cos(progress * math.pi)) / 2) * (1 - self.lrf) + self.lrf
 
 
+class OneCycleFactor:
+    """Learning-rate factor per optimizer step, the one-cycle shape that fits a short budget: a linear rise from
+    1/25 to 1 over the first `warmup` steps, then a half cosine down to `lrf` at the last step. Stepped after
+    every batch, so that no part of an epoch runs at a stale rate (8 epochs stepped per epoch are 8 plateaus)."""
+
+    START = 1 / 25  # where the rise starts, as a share of --lr (fastai's and PyTorch's OneCycleLR default)
+
+    def __init__(self, total_steps: int, warmup_steps: int, lrf: float) -> None:
+        self.total = total_steps
+        self.warmup = min(warmup_steps, total_steps - 1)
+        self.lrf = lrf
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.START + (1 - self.START) * step / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - 1 - self.warmup))
+        return self.lrf + (1 - self.lrf) * (1 + math.cos(math.pi * progress)) / 2
+
+
+class Schedule:
+    """The learning-rate schedule and when it steps: once per epoch (--lr-schedule cosine, the tutorial's), or
+    after every batch (onecycle). Checkpoints hold its scheduler's state."""
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler, per_batch: bool) -> None:
+        self.scheduler = scheduler
+        self.per_batch = per_batch
+
+    def after_batch(self) -> None:
+        if self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if not self.per_batch:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
 def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     """The optimizer over the parameters that train (not the frozen ones), weight decay on all of them: SGD with
     momentum 0.9, as the tutorial's, or AdamW."""
@@ -74,10 +116,16 @@ def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Op
     return torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
-    """The learning-rate schedule, stepped once per epoch: warm-up, then the tutorial's cosine (CosineFactor)."""
-    factor = CosineFactor(settings.epochs, settings.lrf, settings.warmup_epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int = 1) -> Schedule:
+    """The learning-rate schedule: --warmup-epochs of warm-up, then a cosine down to --lr x --lrf; stepped once per
+    epoch (cosine: CosineFactor, the tutorial's) or after each of the `steps_per_epoch` batches (OneCycleFactor)."""
+    if settings.lr_schedule == "onecycle":
+        factor = OneCycleFactor(settings.epochs * steps_per_epoch, settings.warmup_epochs * steps_per_epoch,
+                                settings.lrf)
+    else:
+        factor = CosineFactor(settings.epochs, settings.lrf, settings.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+    return Schedule(scheduler, per_batch=settings.lr_schedule == "onecycle")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,17 +218,18 @@ class TrainingSteps:
     mixer: BatchMixer | None = None
     ema: ModelEMA | None = None
     class_weights: list[float] | None = None
+    schedule: Schedule | None = None  # stepped after every batch when it steps per batch (onecycle)
 
     @classmethod
     def build(cls, settings: TrainSettings, train_labels: Sequence[int], num_classes: int, model: nn.Module,
-              device: torch.device) -> "TrainingSteps":
+              device: torch.device, schedule: Schedule | None = None) -> "TrainingSteps":
         """From the run's settings; `model` is the plain model that trains (no DDP or compile wrapper)."""
         weights = inverse_frequency(train_labels, num_classes) if settings.class_weights == "auto" else None
         loss = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights, device=device),
                                    label_smoothing=settings.label_smoothing)
         mixing = settings.mixup_alpha > 0 or settings.cutmix_alpha > 0
         return cls(loss, BatchMixer(settings.mixup_alpha, settings.cutmix_alpha, num_classes) if mixing else None,
-                   ModelEMA(model, settings.ema) if settings.ema else None, weights)
+                   ModelEMA(model, settings.ema) if settings.ema else None, weights, schedule)
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, targets) to train on: the batch itself, or mixed with mixup/CutMix."""
@@ -189,6 +238,8 @@ class TrainingSteps:
     def after_step(self) -> None:
         if self.ema is not None:
             self.ema.update()
+        if self.schedule is not None:
+            self.schedule.after_batch()
 
     def evaluated(self, model: nn.Module) -> nn.Module:
         """The model validation scores and checkpoints hold: the weight average when there is one."""

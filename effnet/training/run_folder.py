@@ -40,7 +40,10 @@ CURVES_TIME_SHARE = 0.05
 def check_place(settings: TrainSettings) -> None:
     """Before any work of a new run: the run folder must not lie in the data (the next run would take it for a
     class, its figures for photos), --output-dir must be a folder, and a --name must be free. With --check-data
-    no run folder is made: only its table of copies is checked (data_check.check_csv_target)."""
+    no run folder is made: only its table of copies is checked (data_check.check_csv_target); a resumed run's
+    folder is there already."""
+    if settings.resume:
+        return
     if settings.check_data is not None:
         check_csv_target(settings)
         return

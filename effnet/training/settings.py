@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 from effnet.command_line import UsageError
-from effnet.variants import VARIANTS
+from effnet.variants import VARIANTS, image_settings
 
 DEFAULT_DATA_PATH = os.path.join("flower_data", "flower_photos")
 MAX_IMAGE_SIZE = 2048  # pixels: over 3x B7's 600; training memory grows with its square, and few photos are larger
@@ -26,7 +26,7 @@ TUTORIAL: Mapping[str, Any] = {
     "recipe": "tutorial", "opt": "sgd", "weight_decay": None, "warmup_epochs": 0, "label_smoothing": 0.0,
     "ema": None, "auto_augment": "none", "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
     "drop_path": None, "class_weights": "none", "balanced_sampling": False, "early_stopping": None,
-    "best_metric": "acc", "report": True, "onnx": True,
+    "best_metric": "acc", "lr_schedule": "cosine", "progressive_resizing": None, "report": True, "onnx": True,
 }
 # The measured combinations (docs/benchmarks.md, "Training recipe"); docs/training.md lists the same flags.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
@@ -44,7 +44,8 @@ MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", 
 # What recipe.json records of a run.
 RECORDED = ("recipe", "epochs", "batch_size", "image_size", "freeze_layers", "opt", "lr", "lrf", "weight_decay",
             "warmup_epochs", "label_smoothing", "ema", "auto_augment", "random_erase", "mixup_alpha",
-            "cutmix_alpha", "drop_path", "class_weights", "balanced_sampling", "early_stopping", "best_metric")
+            "cutmix_alpha", "drop_path", "class_weights", "balanced_sampling", "early_stopping", "best_metric",
+            "lr_schedule", "progressive_resizing")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class TrainSettings:
     balanced_sampling: bool  # draw every class equally often
     early_stopping: int | None  # stop after this many epochs without a better best_metric; None: off
     best_metric: str  # what best.pth and early stopping go by: "acc" or "macro_f1"
+    lr_schedule: str  # "cosine": stepped once per epoch (the tutorial's); "onecycle": stepped after every batch
+    progressive_resizing: float | None  # the first epochs' crop as a share of image_size, growing to it; None: off
     # where and how it runs (MACHINE_SETTINGS: a resumed run takes these anew)
     device: str | None  # "cpu", "cuda", "cuda:1", ...; None: the first GPU, else the CPU
     workers: int | None  # data-loading processes; None: hardware.default_workers
@@ -116,9 +119,38 @@ class TrainSettings:
             recorded["class_weight_values"] = dict(zip(class_names, class_weights))
         return recorded
 
+    def train_sizes(self, full: int) -> list[int]:
+        """The training crop of each epoch: `full` pixels, or with --progressive-resizing START stages of equal
+        length (up to 4) whose size grows from START x full to `full`, rounded to 16 px, so that the first epochs
+        cost a fraction of the last (a step costs about the square of the size) and the last ones train at the
+        full size."""
+        if self.progressive_resizing is None:
+            return [full] * self.epochs
+        stages = min(4, self.epochs)
+        start = self.progressive_resizing * full
+        grown = [start + (full - start) * stage / max(1, stages - 1) for stage in range(stages - 1)]
+        sizes = [max(32, round(size / 16) * 16) for size in grown] + [full]
+        return [sizes[epoch * stages // self.epochs] for epoch in range(self.epochs)]
+
+    def image_settings(self) -> dict[str, Any]:
+        """The training and evaluation sizes and normalisation: the variant's, or scaled to --image-size."""
+        return image_settings(self.model, self.image_size)
+
     def best_metric_of(self, row: Mapping[str, float]) -> float:
         """The --best-metric value of an epoch's history row."""
         return row[BEST_METRICS[self.best_metric]]
+
+
+def describe_sizes(sizes: Sequence[int]) -> str:
+    """'224 px', or with progressive resizing '128 px (epochs 1-2), 160 px (3-4), ...'."""
+    if len(set(sizes)) == 1:
+        return f"{sizes[0]} px"
+    stages = [(size, [epoch for epoch, each in enumerate(sizes, 1) if each == size]) for size in sorted(set(sizes))]
+    def when(epochs: list[int], first: bool) -> str:
+        label = ("epochs " if len(epochs) > 1 else "epoch ") if first else ""
+        return f"{label}{epochs[0]}" + (f"-{epochs[-1]}" if len(epochs) > 1 else "")
+
+    return ", ".join(f"{size} px ({when(epochs, index == 0)})" for index, (size, epochs) in enumerate(stages))
 
 
 def is_folder_name(name: str) -> bool:
@@ -163,6 +195,8 @@ def _problems(s: TrainSettings) -> list[tuple[bool, str]]:
         (not 0 <= s.drop_path < 1, f"--drop-path {s.drop_path}: use a rate in [0, 1)"),
         (s.early_stopping is not None and s.early_stopping < 1,
          f"--early-stopping {s.early_stopping}: the patience is a number of epochs, 1 or more"),
+        (s.progressive_resizing is not None and not 0.1 <= s.progressive_resizing <= 1,
+         f"--progressive-resizing {s.progressive_resizing}: the first size as a share of --image-size, 0.1 to 1"),
         (s.class_weights == "auto" and s.balanced_sampling,
          "--class-weights auto with --balanced-sampling corrects the imbalance twice; use one of them"),
     ]
