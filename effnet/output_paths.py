@@ -34,7 +34,6 @@ from effnet.data.images import is_image_name
 from effnet.run_files import MODEL_SUFFIXES, is_read_back, is_run_folder
 
 SIGNATURE = "efficientnet-tutorial"  # in every mark below: what says "this project wrote the file"
-HTML_GENERATOR_TAG = f'<meta name="generator" content="{SIGNATURE}">'
 
 Identity = tuple[int, int]
 Recogniser = Callable[[str], bool]
@@ -53,6 +52,12 @@ def file_identity(path: str | os.PathLike) -> Identity | None:
 def generator_field(program: str) -> dict[str, str]:
     """The first field of the JSON files `program` writes: its mark."""
     return {"generator": f"{SIGNATURE} {program}"}
+
+
+def html_generator_tag(program: str) -> str:
+    """The generator meta tag of the HTML pages `program` writes: its mark, which tells a training run's report
+    from evaluate.py's (a report of an earlier version names no program: replaced only with --overwrite)."""
+    return f'<meta name="generator" content="{SIGNATURE} {program}">'
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -358,3 +358,20 @@ def test_a_runs_own_files_are_never_replaced_not_even_with_overwrite(trained_run
     assert_usage_error(evaluate.main, [str(data), "--weights", str(run / "best.pth"), "--output-dir", str(run)],
                        capsys, f"--output-dir {run} is a run folder of train.py")
     assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_report_never_replaces_a_training_runs_report(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data = make_class_folders(tmp_path / "data", per_class=2)
+    kept = tmp_path / "kept_report.html"  # a training run's report kept elsewhere: not an evaluation report
+    shutil.copy(run / "report.html", kept)
+    before = {path: path.read_bytes() for path in (kept, run / "report.html")}
+    argv = [str(data), "--weights", str(run / "best.pth"), "--output-dir", str(tmp_path / "out")]
+    assert_usage_error(evaluate.main, [*argv, "--report", str(run / "report.html")], capsys,
+                       f"report.html is a file of the run folder {run}")
+    assert_usage_error(evaluate.main, [*argv, "--report", str(kept)], capsys,
+                       f"{kept} exists and is not a report of evaluate.py; pass --overwrite")
+    assert {path: path.read_bytes() for path in before} == before
+    assert evaluate.main([*argv, "--report", str(tmp_path / "evaluation.html")]) == 0
+    assert evaluate.main([*argv, "--report", str(tmp_path / "evaluation.html")]) == 0  # its own: replaced

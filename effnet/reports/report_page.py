@@ -22,7 +22,7 @@ from effnet.reports import metrics
 from effnet.reports.scoring import Evaluation
 from effnet.atomic_files import write_text
 from effnet.data.images import open_image, reduce_jpeg_decode, to_rgb
-from effnet.output_paths import HTML_GENERATOR_TAG, OutputKind, marked_at_start
+from effnet.output_paths import OutputKind, html_generator_tag, marked_at_start
 from effnet.reports.chance import chance_level, learned_nothing
 
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
@@ -31,7 +31,8 @@ THUMBNAIL_SIZE = 200  # pixels, the longer side
 COPY_GROUPS_SHOWN = 30  # groups of copies from the data check; duplicates.csv lists them all
 COPIES_SHOWN = 3  # pictures of one group side by side
 LABEL_ISSUES_SHOWN = 24  # possible label errors; label_issues.csv lists them all
-REPORT_OUTPUT = OutputKind("a report of this project", marked_at_start(HTML_GENERATOR_TAG))  # (output_paths.py)
+# evaluate.py's --report replaces its own earlier reports, never a training run's (output_paths.py)
+REPORT_OUTPUT = OutputKind("a report of evaluate.py", marked_at_start(html_generator_tag("evaluate.py")))
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2330; margin: 0;
@@ -221,14 +222,14 @@ def label_issues_html(issues: Sequence[Any], examined: int, accuracy: float, cla
 
 
 def page_html(title: str, subtitle: str, highlights: Sequence[tuple[str, str]], sections: Sequence[Section],
-              warning: str | None = None) -> str:
-    """The page; `warning`, when given, stands above everything else."""
+              warning: str | None = None, program: str = "train.py") -> str:
+    """The page; `warning`, when given, stands above everything else; `program` wrote it (its mark)."""
     nav = "".join(f'<a href="#{s.anchor}">{_text(s.title)}</a>' for s in sections)
     cards = "".join(f'<div class="card"><b>{_text(value)}</b><span>{_text(label)}</span></div>'
                     for label, value in highlights)
     banner = f'<p class="warning" role="alert"><b>warning:</b> {_text(warning)}</p>' if warning else ""
     body = "".join(f'<section id="{s.anchor}"><h2>{_text(s.title)}</h2>{s.body}</section>' for s in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_GENERATOR_TAG}'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{html_generator_tag(program)}'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_text(title)}</title>'
             f"<style>{STYLE}</style></head><body><header><h1>{_text(title)}</h1><p>{_text(subtitle)}</p>"
             f'<nav>{nav}</nav></header><main>{banner}<div class="highlights">{cards}</div>{body}</main>'
@@ -344,5 +345,5 @@ def write_evaluation_report(path: str | os.PathLike, title: str, settings: Mappi
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     subtitle = f"{next(iter(settings.values()), '')} · {_generated()}"
-    write_text(path, page_html(title, subtitle, highlights, sections))
+    write_text(path, page_html(title, subtitle, highlights, sections, program="evaluate.py"))
     return path
