@@ -101,5 +101,4 @@ def test_help_opens_with_examples_groups_its_flags_and_speaks_to_users(program, 
     text = parser.format_help()
     assert "effnet/" not in text and "BENCHMARKS" not in text  # users' help: no maintainers' files
     too_long = [line for line in text.splitlines() if len(line) > command_line.HELP_WIDTH]
-    if program != "train":  # TODO: train.py's examples (effnet/training/flags.py) still pass the width by a few
-        assert not too_long, f"{program}.py --help is wider than {command_line.HELP_WIDTH} columns: {too_long}"
+    assert not too_long, f"{program}.py --help is wider than {command_line.HELP_WIDTH} columns: {too_long}"

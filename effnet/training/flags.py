@@ -9,19 +9,20 @@ from effnet.training.settings import (ADAMW_LR, AUTO_AUGMENT_NAMES, BEST_METRICS
                                       TUTORIAL, WEIGHT_DECAY)
 from effnet.variants import IMAGENET
 
-DESCRIPTION = f"""Train EfficientNet on a folder of photos with one sub-folder per class (by default the flower photos).
+DESCRIPTION = f"""Train EfficientNet on a folder of photos with one sub-folder per class (by default the flower
+photos).
 
-    python train.py --num_classes 5                         # B0 from ImageNet weights on the flower photos
-    python train.py --data-path my_photos                   # your own photos, one folder per class
+    python train.py --num_classes 5                       # B0, ImageNet weights, the flower photos
+    python train.py --data-path my_photos                 # your own photos, one folder per class
     python train.py --data-path my_photos --model b3 --epochs 10
-    python train.py --data-path my_photos --weights none    # from scratch: no download needed
-    python train.py --data-path my_photos --recipe modern   # AdamW with warm-up instead of the tutorial's SGD
-    python train.py --resume runs/20261128-101500-b0        # continue a run that stopped
-    python train.py --data-path my_photos --check-data      # only look for copies among the photos
+    python train.py --data-path my_photos --weights none  # from scratch: no download needed
+    python train.py --data-path my_photos --recipe fast   # AdamW, small crops first: sooner there
+    python train.py --resume runs/20261128-101500-b0      # continue a run that stopped
+    python train.py --data-path my_photos --check-data    # only look for copies among the photos
     torchrun --nproc_per_node=4 train.py --data-path my_photos   # one process per GPU
 
-Each run writes a folder {RUNS_DIR}/<date>-<time>-<variant>/ with best.pth, last.pth, metrics.csv, curves.png and
-report.html; docs/training.md lists every file.
+Each run writes a folder {RUNS_DIR}/<date>-<time>-<variant>/ with best.pth, last.pth, metrics.csv, curves.png
+and report.html; docs/training.md lists every file.
 """
 
 
@@ -83,9 +84,11 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("recipe (default: the tutorial's)").add_argument
     default = TUTORIAL
-    modern = " ".join(f"{_flag(key)} {value}" for key, value in PRESETS["modern"].items())
+    modern, fast = (" ".join(f"{_flag(key)} {value}" for key, value in PRESETS[name].items()) for name in
+                    ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
-        help=f"a preset of the flags below: 'modern' is {modern}; flags given explicitly win (default tutorial)")
+        help=f"a preset of the flags below: 'modern' is {modern}; 'fast' reaches modern's accuracy sooner: {fast}; "
+             f"flags given explicitly win (default tutorial)")
     add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
         help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")
     add("--weight-decay", type=float, default=default["weight_decay"], metavar="WD",
