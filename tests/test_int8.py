@@ -146,3 +146,51 @@ def test_an_int8_model_below_the_agreement_threshold_is_refused_and_not_written(
     with pytest.raises(SystemExit) as stopped:
         export.main([str(run / "best.pth"), "--int8", "--min-agreement", "101"])
     assert stopped.value.code == 2 and "101: give a percentage from 0 to 100" in capsys.readouterr().err
+
+
+# --- hostile round 3: an INT8 file is what its name says, and --precision is what runs --------------------------
+
+
+def strip_metadata(source: Path, target: Path) -> Path:
+    """A plain copy of an export: the same network, no metadata to say what it is."""
+    model = onnx.load(source)
+    del model.metadata_props[:]
+    onnx.save(model, target)
+    return target
+
+
+def test_a_file_of_the_wrong_precision_is_refused_in_one_line_naming_it(int8_run, tmp_path, capsys):
+    run, _ = int8_run
+    photo = val_images(run)[0][0]
+    mixed = tmp_path / "run"  # float32 in best.int8.onnx and INT8 in best.onnx: the names lie
+    shutil.copytree(run, mixed)
+    shutil.copy(run / "best.onnx", mixed / "best.int8.onnx")
+    shutil.copy(run / "best.int8.onnx", mixed / "best.onnx")
+    best, quantized = str(mixed / "best.pth"), str(mixed / "best.int8.onnx")
+    for argv in ([photo, "--weights", best, "--precision", "int8"], [photo, "--weights", quantized],
+                 [photo, "--weights", quantized, "--precision", "int8"]):
+        fails_with(argv, capsys, f"{quantized} is a float32 model", "its metadata")
+    fails_with([photo, "--weights", str(mixed / "best.onnx")], capsys, f"{mixed / 'best.onnx'} is an INT8 model",
+               "--precision int8")
+    fails_with([photo, "--weights", best, "--backend", "onnxruntime"], capsys, f"{mixed / 'best.onnx'} is an INT8 "
+               "model")
+    data = json.loads((run / "split.json").read_text())["root"]
+    fails_with([data, "--weights", best, "--precision", "int8", "--output-dir", str(tmp_path / "e")], capsys,
+               f"{quantized} is a float32 model", program=evaluate)
+    capsys.readouterr()
+    assert predict.main([photo, "--weights", best, "--json"]) == 0  # auto: PyTorch, with a note why
+    assert f"{mixed / 'best.onnx'} is an INT8 model" in capsys.readouterr().err
+
+
+def test_a_plain_export_is_known_for_int8_by_its_operators(int8_run, tmp_path, capsys):
+    run, _ = int8_run
+    photo = val_images(run)[0][0]
+    names = ["--class-indices", str(run / "class_indices.json")]
+    plain_int8 = strip_metadata(run / "best.int8.onnx", tmp_path / "plain.int8.onnx")
+    plain_float = strip_metadata(run / "best.onnx", tmp_path / "other.int8.onnx")
+    capsys.readouterr()
+    assert predict.main([photo, "--weights", str(plain_int8), "--precision", "int8", *names]) == 0
+    fails_with([photo, "--weights", str(plain_float), "--precision", "int8", *names], capsys,
+               f"{plain_float} is a float32 model", "its operators")
+    fails_with([photo, "--weights", str(strip_metadata(run / "best.int8.onnx", tmp_path / "q.onnx")), *names],
+               capsys, f"{tmp_path / 'q.onnx'} is an INT8 model", "its operators")

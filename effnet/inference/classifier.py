@@ -27,7 +27,7 @@ from effnet.command_line import UsageError, check_device_name
 from effnet.data.images import Preprocessing
 from effnet.inference import exported_backends
 from effnet.inference.class_names import ClassNamesError
-from effnet.inference.export_format import EXPORTED_SUFFIXES
+from effnet.inference.export_format import EXPORTED_SUFFIXES, check_precision
 from effnet.inference import runtimes
 from effnet.inference.runtimes import BACKENDS
 from effnet.run_files import default_output, float_stem, int8_path, is_int8_name, newest_checkpoint, related_files
@@ -145,7 +145,11 @@ def open_backend(weights: str | os.PathLike, model_name: str | None = None, clas
         if chosen == "onnxruntime" and suffix == ".xml":
             raise UsageError(f"{weights} is OpenVINO's format; use --backend openvino, or the .onnx with "
                              f"ONNX Runtime")
-        return exported_backends.load(weights, chosen, model_name or "b0", class_indices)
+        opened = exported_backends.load(weights, chosen, model_name or "b0", class_indices)
+        int8_named = is_int8_name(weights)  # a file named as INT8 must be one; any other, float32 as asked
+        check_precision(Path(str(weights)), opened.card, "int8" if int8_named else "float32",
+                        "its name says" if int8_named else f"--precision {precision} asks for")
+        return opened
     if backend != "torch" and needs_torch is None:
         exported = _export_of(weights, "onnxruntime" if backend == "auto" else backend, model_name or "b0",
                               class_indices, required=backend != "auto")
@@ -171,8 +175,10 @@ def _int8_export(weights: str | os.PathLike, backend: str, model_name: str, clas
         raise UsageError(f"--precision int8: there is no {exported}; write it with 'python export.py "
                          f"{float_stem(path)}.pth --int8'")
     checkpoint = path if path.suffix.lower() == ".pth" and path.is_file() else None
-    return exported_backends.load(exported, "openvino" if backend == "openvino" else "onnxruntime", model_name,
-                             class_indices, checkpoint=checkpoint)
+    opened = exported_backends.load(exported, "openvino" if backend == "openvino" else "onnxruntime", model_name,
+                                    class_indices, checkpoint=checkpoint)
+    check_precision(exported, opened.card, "int8", "--precision int8 asks for")
+    return opened
 
 
 def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, class_indices: str | None,
@@ -190,7 +196,9 @@ def _export_of(checkpoint: str | os.PathLike, backend: str, model_name: str, cla
                              f"'python export.py {checkpoint}', or pass an .onnx as --weights")
         return None  # the torch backend reports a missing checkpoint
     try:
-        return exported_backends.load(exported, backend, model_name, class_indices, checkpoint=checkpoint)
+        opened = exported_backends.load(exported, backend, model_name, class_indices, checkpoint=checkpoint)
+        check_precision(exported, opened.card, "float32", f"expected beside {checkpoint}")
+        return opened
     except ClassNamesError:  # about the names given, not the export: PyTorch would refuse them alike
         raise
     except UsageError as error:

@@ -12,6 +12,7 @@ from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing
 from effnet.download import sha256_of
 from effnet.inference.class_names import find_class_names, replace_own_names
+from effnet.run_files import INT8_SUFFIX, float_stem
 from effnet.variants import image_settings, variant_name
 
 EXPORT_FORMAT = "efficientnet-tutorial-onnx/1"  # the "format" metadata entry of this project's exports
@@ -58,11 +59,31 @@ class ModelCard:
     origin: str
     class_names_note: str | None = None  # where the names came from, when the user should know
     precision: str = "float32"  # "int8" for an INT8 export (export.py --int8)
+    precision_known_by: str = "its metadata"  # or, for a plain export, "its operators"
 
     @property
     def export_command(self) -> str:
         """The export.py flags that write this kind of file again."""
         return " --int8" if self.precision == "int8" else ""
+
+
+# Operators that only a quantized model holds: ONNX's QDQ pairs and integer kernels, OpenVINO's FakeQuantize
+QUANTIZED_OPERATORS = (b"QuantizeLinear", b"DequantizeLinear", b"QLinearConv", b"QLinearMatMul", b"ConvInteger",
+                       b"MatMulInteger", b"FakeQuantize")
+
+
+def operators_precision(path: str | os.PathLike, chunk: int = 1 << 23) -> str:
+    """"int8" when the model file names a quantization operator, else "float32": the precision of a plain export,
+    which says nothing about itself. Operator names are plain strings in an .onnx (and an .xml), so the file's
+    bytes are searched, in chunks that overlap by the longest name, without parsing the model."""
+    overlap = max(map(len, QUANTIZED_OPERATORS))
+    with open(path, "rb") as file:
+        tail = b""
+        while block := file.read(chunk):
+            window, tail = tail + block, (tail + block)[-overlap:]
+            if any(name in window for name in QUANTIZED_OPERATORS):
+                return "int8"
+    return "float32"
 
 
 def metadata_entries(class_names: list[str], variant: str, preprocessing: Preprocessing,
@@ -83,7 +104,8 @@ def read_card(path: Path, metadata: Mapping[str, str], outputs: int | None, mode
         found = find_class_names(path, class_indices, outputs)
         preprocessing = Preprocessing.from_settings(image_settings(model_name, input_size))
         card = ModelCard(found.names, preprocessing, None, None, None, f"{path} (plain ONNX; class names from "
-                         f"{found.origin}, preprocessing of {model_name} at {preprocessing.crop} px)", found.note)
+                         f"{found.origin}, preprocessing of {model_name} at {preprocessing.crop} px)", found.note,
+                         operators_precision(path), "its operators")
     else:
         try:
             own = [str(name) for name in json.loads(metadata["class_names"])]
@@ -100,6 +122,22 @@ def read_card(path: Path, metadata: Mapping[str, str], outputs: int | None, mode
         raise UsageError(f"{path} outputs {outputs} classes but has {len(card.class_names)} class names "
                          f"(from {card.origin}); give a class_indices.json with {outputs} with --class-indices")
     return card
+
+
+def check_precision(path: Path, card: ModelCard, expected: str, why: str) -> None:
+    """Refuse an export whose own precision (its metadata's, or a plain one's operators') is not `expected`, which
+    `why` asked for ("--precision int8 asks for", "its name says"): an INT8 file is what its name says, and a
+    float32 model never runs where INT8 was asked for, nor the other way round."""
+    if card.precision == expected:
+        return
+    stem = float_stem(path)
+    if expected == "int8":
+        raise UsageError(f"{path} is a float32 model (known by {card.precision_known_by}), not the INT8 model "
+                         f"{why}; write the INT8 export with 'python export.py {stem}.pth --int8' (it goes beside "
+                         f"the float32 export {stem}.onnx as {stem}{INT8_SUFFIX})")
+    raise UsageError(f"{path} is an INT8 model (known by {card.precision_known_by}), not the float32 model {why}; "
+                     f"run it with --precision int8, or export the float32 model again with 'python export.py "
+                     f"{stem}.pth'")
 
 
 def check_current(path: Path, card: ModelCard) -> None:
