@@ -119,3 +119,59 @@ def test_predict_py_fills_the_cache_in_one_process_and_the_next_one_starts_from_
     second = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
     assert second.stdout == first.stdout and first.stdout.startswith(photo) and len(first.stdout.splitlines()) == 4
     assert list(copy.parent.iterdir()) == [copy] and copy.stat().st_mtime_ns == made
+
+
+# --- hostile round 3: entries by content, checked when read; where the cache is and is not --------------------
+
+
+def another_model(exported: Path, target: Path) -> Path:
+    """The export with its classifier's weights negated: another model, with other answers."""
+    model = onnx.load(exported)
+    last = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")][-1]
+    for initializer in model.graph.initializer:
+        if initializer.name == last.input[1]:
+            weights = onnx.numpy_helper.to_array(initializer)
+            initializer.CopyFrom(onnx.numpy_helper.from_array(-weights, initializer.name))
+    onnx.save(model, target)
+    return target
+
+
+def test_a_cached_copy_swapped_for_another_models_is_never_used(trained_run, tmp_path, cache, photos):
+    exported, other = tmp_path / "best.onnx", another_model(trained_run / "best.onnx", tmp_path / "other.onnx")
+    shutil.copy(trained_run / "best.onnx", exported)
+    expected, others = answers(exported, photos), answers(other, photos)
+    assert not np.allclose(expected, others)
+    copies = {path.stat().st_mtime_ns: path for path in cache.iterdir()}
+    mine, theirs = (copies[key] for key in sorted(copies))  # the first copy made is the export's
+    records = cache.parent / "records"
+    for swap in ("bytes", "rename", "with its record"):
+        answers(other, photos)  # the other model's copy is there to swap in
+        if swap == "bytes":
+            mine.write_bytes(theirs.read_bytes())
+        else:
+            if swap == "with its record":
+                shutil.copy(records / theirs.stem, records / mine.stem)
+            shutil.copy(theirs, tmp_path / "theirs.onnx")
+            os.replace(tmp_path / "theirs.onnx", mine)
+        assert np.allclose(answers(exported, photos), expected), swap
+        assert np.allclose(answers(exported, photos), expected), swap  # the copy made again is used
+
+
+def test_a_relative_xdg_cache_home_is_ignored(trained_run, tmp_path, monkeypatch, photos):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")  # the XDG rule: a relative path is invalid, ignored
+    assert session_cache.cache_folder() == tmp_path / "home" / ".cache" / "effnet" / "onnxruntime"
+    answers(trained_run / "best.onnx", photos)
+    assert not (tmp_path / "relcache").exists() and (session_cache.cache_folder() / "models").is_dir()
+
+
+def test_an_unwritable_cache_folder_shows_no_onnxruntime_warning(trained_run, tmp_path):
+    blocked = tmp_path / "blocked"  # where the cache folder would go, a file: nothing can be written there
+    blocked.write_text("a file")
+    photo = val_images(trained_run)[0][0]
+    result = subprocess.run([sys.executable, str(REPO / "predict.py"), photo, "--weights",
+                             str(trained_run / "best.onnx")], capture_output=True, text=True,
+                            env={**os.environ, "XDG_CACHE_HOME": str(blocked)})
+    assert result.returncode == 0 and result.stdout.startswith(photo)
+    assert result.stderr == ""

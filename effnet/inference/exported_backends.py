@@ -91,8 +91,7 @@ class OnnxRuntimeBackend(ExportedBackend):
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, model_name: str = "b0", class_indices: str | None = None) -> None:
-        import onnxruntime
-
+        onnxruntime = runtimes.import_onnxruntime()
         path = _existing(path)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are about graph details, not the user's input
