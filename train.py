@@ -9,9 +9,7 @@ stopping, and the report and export at the end (effnet/training/ and effnet/repo
 
     python train.py --num_classes 5             # the flower photos; `python train.py --help` for every flag
 """
-import sys
-
-from effnet.command_line import UsageError, interrupts_deferred, report
+from effnet.command_line import UsageError, exit_with, interrupts_deferred, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,4 +143,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())  # a Ctrl-C while the interpreter tears down is one line and status 130, no traceback

@@ -121,6 +121,24 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
+def exit_with(status: int) -> NoReturn:
+    """sys.exit(status) once a program's main() has returned, with a Ctrl-C during the interpreter's teardown ending
+    it at once in one line and status 130: PyTorch's finalizers and thread pools run in atexit callbacks, where a
+    KeyboardInterrupt is printed as an "Exception ignored" traceback and the status stays what main() said."""
+    def interrupted(number: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os.write(2, b"error: interrupted while the program was ending; what it printed and wrote is complete\n")
+        os._exit(130)
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupted)
+    sys.exit(status)
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) back until the block is done, then act on it as Python would have (KeyboardInterrupt).

@@ -186,6 +186,59 @@ def test_check_data_never_writes_into_another_run_and_needs_its_folder_up_front(
                f"--check-data {missing}: the folder {missing.parent} does not exist")
 
 
+def test_the_printout_counts_files_and_groups_and_caps_what_it_names_per_group():
+    members = [duplicates.CheckedImage(f"/photos/daisy/copy_{index:04d}.jpg", "daisy", "train", content="same",
+                                       phash=0) for index in range(2000)]
+    single = [duplicates.CheckedImage(f"/photos/roses/{name}.jpg", "roses", part, content=name, phash=0)
+              for name, part in (("a", "train"), ("b", "val"))]
+    check = duplicates.DataCheck(members + single, [duplicates.CopyGroup(members, 0), duplicates.CopyGroup(single, 0)],
+                                 skipped=3)
+    summary = check.summary()
+    assert "data check of 2005 images" in summary and "1 group of exact copies (2000 images)" in summary
+    assert "1 group of near-duplicates (2 images)" in summary and "of these, 0 across classes, 1 across" in summary
+    assert summary.endswith("; 3 could not be read")
+    lines = duplicates.describe_groups(check, where="copies.csv")
+    assert len(lines) == 2 and max(map(len, lines)) < 1000, max(map(len, lines))
+    assert "2000 images:" in lines[1] and f"and {2000 - duplicates.MEMBERS_SHOWN} more (all in copies.csv)" in lines[1]
+    assert "more" not in lines[0]  # a group of two is named in full
+    assert "--check-data FILE.csv lists them all" in duplicates.describe_groups(check)[1]
+
+
+def test_unreadable_photos_are_counted_as_often_as_they_are_warned_about(tmp_path, capsys):
+    data = tmp_path / "flowers"
+    for class_dir in sorted(path for path in FLOWER_SAMPLE.iterdir() if path.is_dir())[:2]:
+        (data / class_dir.name).mkdir(parents=True)
+        for photo in sorted(class_dir.iterdir())[:6]:
+            shutil.copy(photo, data / class_dir.name / photo.name)
+    first = sorted(data.iterdir())[0]
+    for index in range(4):  # headers that do not read: left out of the split, with a warning each
+        (first / f"bad_{index}.jpg").write_bytes(b"not a photo")
+    (first / "truncated.jpg").write_bytes(sorted(first.iterdir())[0].read_bytes()[:2000])  # its body does not read
+    assert train.main(["--data-path", str(data), "--check-data", "--output-dir", str(tmp_path / "runs")]) == 0
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if line.startswith("warning:") and "unreadable" in line]
+    assert len(warned) == 5 and "; 5 could not be read" in out, (warned, out)
+    assert "data check of 17 images" in out
+
+
+def test_ctrl_c_as_the_check_ends_is_one_line_and_status_130(flower_sample):
+    """Ctrl-C once the check has printed its last line, while the interpreter tears down (PyTorch's finalizers run
+    in atexit callbacks): pressed there for certain by an atexit callback of the test's, which runs last."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import atexit, os, runpy, signal, sys; atexit.register(os.kill, os.getpid(), signal.SIGINT); "
+            f"sys.argv = ['train.py', '--data-path', {str(flower_sample)!r}, '--check-data']; "
+            f"runpy.run_path({str(Path(train.__file__))!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "data check of 150 images" in result.stdout
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.returncode == 130, (result.returncode, result.stderr)
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "interrupted" in line
+
+
 def test_close_pairs_finds_what_comparing_every_pair_finds(monkeypatch):
     rng = np.random.default_rng(0)
     base = [int(value) for value in rng.integers(0, 2**63, 40, dtype=np.int64)]

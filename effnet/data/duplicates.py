@@ -36,6 +36,7 @@ PAIR_BLOCK = 1 << 21  # picture hashes compared at once (32 MiB of 64-bit words)
 KEEP_FIRST = ("test", "val", "train")  # the copy --drop-duplicates keeps: a held-out one, so test sets stay as given
 DUPLICATE_COLUMNS = ("kind", "distance", "images", "paths", "classes", "splits", "label_conflict", "leakage")
 SEPARATOR = " | "  # between the members of a group in one CSV cell
+MEMBERS_SHOWN = 5  # photos named per group in the printout (a group may hold thousands); the CSV has them all
 DATA_CHECK = "data_check.json"  # a run's fingerprints of its images: --resume and evaluate.py reuse them
 
 # The cosine basis of the lowest FREQUENCIES of a HASH_SIDE-point DCT-II: low = basis @ pixels @ basis.T
@@ -157,6 +158,7 @@ class DataCheck:
     groups: list[CopyGroup]
     seconds: float = 0.0
     reused: int = 0  # fingerprints taken from an earlier check of the same files
+    skipped: int = 0  # files the scan of the class folders left out as unreadable (each with its warning)
     dropped: dict[str, str] = field(default_factory=dict)  # path -> why, for the photos the run left out
 
     @property
@@ -168,16 +170,21 @@ class DataCheck:
         return sorted(self.groups, key=lambda group: (-len(group.classes), -len(group.parts), group.members[0].path))
 
     def summary(self) -> str:
-        """One line: the counts of each kind of copy."""
-        groups = self.groups
-        exact = sum(group.kind == "exact" for group in groups)
-        conflicts = sum(len(group.classes) > 1 for group in groups)
-        leaks = sum(len(group.parts) > 1 for group in groups)
+        """One line: the groups of each kind of copy and the photos in them (a group of 2,000 copies is one
+        group of 2,000 photos), and every unreadable file, warned about by the scan or by the check."""
+        def kind(name: str, groups: list[CopyGroup]) -> str:
+            photos = sum(len(group.members) for group in groups)
+            return f"{_count(len(groups), 'group')} of {name} ({_count(photos, 'image')})"
+
+        exact = [group for group in self.groups if group.kind == "exact"]
+        near = [group for group in self.groups if group.kind != "exact"]
+        conflicts = sum(len(group.classes) > 1 for group in self.groups)
+        leaks = sum(len(group.parts) > 1 for group in self.groups)
         reused = f", fingerprints of {self.reused} kept from data_check.json" if self.reused else ""
-        unreadable = f"; {len(self.unreadable)} could not be read" if self.unreadable else ""
-        return (f"data check of {len(self.images)} images ({self.seconds:.1f} s{reused}): {exact} exact "
-                f"duplicates, {len(groups) - exact} near-duplicates; {conflicts} across classes, {leaks} across "
-                f"train/val/test{unreadable}")
+        unreadable = len(self.unreadable) + self.skipped
+        return (f"data check of {len(self.images) + self.skipped} images ({self.seconds:.1f} s{reused}): "
+                f"{kind('exact copies', exact)}, {kind('near-duplicates', near)}; of these, {conflicts} across "
+                f"classes, {leaks} across train/val/test{f'; {unreadable} could not be read' if unreadable else ''}")
 
     def rows(self) -> list[dict[str, Any]]:
         """duplicates.csv: one row per group of copies."""
@@ -320,15 +327,24 @@ def write_duplicates_csv(check: DataCheck, path: str | os.PathLike) -> None:
     write_csv(path, check.rows(), DUPLICATE_COLUMNS)
 
 
-def describe_groups(check: DataCheck, limit: int = 20) -> list[str]:
-    """Lines naming the copies, largest conflicts first, at most `limit` (and how many more there are)."""
+def describe_groups(check: DataCheck, limit: int = 20, where: str = "") -> list[str]:
+    """Lines naming the copies, largest conflicts first, at most `limit` groups (and how many more there are) and
+    MEMBERS_SHOWN photos of each: a line per group that a terminal can show. `where`: the CSV that lists them
+    all, if one is written."""
+    listed = f"all in {where}" if where else "--check-data FILE.csv lists them all"
     lines = []
     for group in check.worst_first()[:limit]:
-        members = SEPARATOR.join(f"{m.path} ({m.class_name}, {m.part})" for m in group.members)
-        lines.append(f"{group.kind} (distance {group.distance}): {members}")
+        members = SEPARATOR.join(f"{m.path} ({m.class_name}, {m.part})" for m in group.members[:MEMBERS_SHOWN])
+        more = len(group.members) - MEMBERS_SHOWN
+        lines.append(f"{group.kind} (distance {group.distance}), {len(group.members)} images: {members}"
+                     + (f" ... and {more} more ({listed})" if more > 0 else ""))
     if len(check.groups) > limit:
-        lines.append(f"... and {len(check.groups) - limit} more groups")
+        lines.append(f"... and {len(check.groups) - limit} more groups ({listed})")
     return lines
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def copies_of_training_photos(run_dir: str | os.PathLike, photos: Sequence[str]) -> list[tuple[str, str, int]]:

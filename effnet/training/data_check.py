@@ -66,6 +66,7 @@ def check_data(settings: TrainSettings, split: DataSplit, run_dir: Path | None, 
         if not split.val_paths:
             raise UsageError(f"{settings.data_path}: with --drop-duplicates no image is left for validation")
     check.dropped = {path: why for path, _, _, why in split.left_out}
+    check.skipped = len(split.skipped)  # warned about by the scan: counted with the check's own unreadable ones
     if not is_main:
         return check
     if split.left_out:
@@ -75,7 +76,7 @@ def check_data(settings: TrainSettings, split: DataSplit, run_dir: Path | None, 
     if settings.check_data is not None:  # the check is the job: its findings in full (training reports bad images)
         for image in check.unreadable:
             print(f"warning: skipping unreadable image {image.path} ({image.error})", file=sys.stderr)
-        print("\n".join(describe_groups(check)))
+        print("\n".join(describe_groups(check, where=settings.check_data)))
         if settings.check_data:
             write_duplicates_csv(check, settings.check_data)
             note += f"; the groups are in {settings.check_data}"
