@@ -59,7 +59,10 @@ def test_the_int8_export_of_a_trained_run_agrees_with_float32_and_says_so(int8_r
     assert metadata["precision"] == "int8" and metadata["format"] == EXPORT_FORMAT
     calibration, agreement = json.loads(metadata["calibration"]), json.loads(metadata["agreement"])
     assert calibration["photos"] == min(len(split["train"]), int8.CALIBRATION_PHOTOS)
-    assert calibration["method"] == f"Percentile {int8.CALIBRATION_PERCENTILE}"
+    # what ONNX Runtime's CalibPercentile 99.99 means with asymmetric ranges: 0.005% cut from each end
+    assert calibration["method"].startswith("Percentile: from the 0.005th to the 99.995th percentile")
+    assert "CalibPercentile 99.99" in calibration["method"]
+    assert all(line.startswith("wrote ") for line in out.splitlines()), out  # no calibrator chatter on stdout
     batches = -(-calibration["photos"] // int8.CALIBRATION_BATCH)  # one pass per batch: memory for one batch only
     assert CALIBRATION_RANGES == [(index, index + 1) for index in range(batches)]
     assert calibration["format"] == "QDQ" and calibration["weights"] == "int8 per channel"
@@ -194,3 +197,48 @@ def test_a_plain_export_is_known_for_int8_by_its_operators(int8_run, tmp_path, c
                f"{plain_float} is a float32 model", "its operators")
     fails_with([photo, "--weights", str(strip_metadata(run / "best.int8.onnx", tmp_path / "q.onnx")), *names],
                capsys, f"{tmp_path / 'q.onnx'} is an INT8 model", "its operators")
+
+
+def run_with_split(trained_run: Path, folder: Path, change) -> Path:
+    """A copy of the run whose split.json `change(split)` has edited, with its photos copied beside it."""
+    run = folder / "run"
+    shutil.copytree(trained_run, run)
+    split = json.loads((run / "split.json").read_text())
+    shutil.copytree(split["root"], folder / "photos")
+    split["root"] = str(folder / "photos")
+    change(split)
+    (run / "split.json").write_text(json.dumps(split))
+    return run
+
+
+def test_split_json_labels_outside_the_classes_or_no_training_photos_are_refused(trained_run, tmp_path, capsys):
+    def labels_99(split):
+        split["val"] = [[photo, 99] for photo, _ in split["val"]]
+
+    run = run_with_split(trained_run, tmp_path / "a", labels_99)
+    fails_with([str(run / "best.pth"), "--int8", "--min-agreement", "0"], capsys, f"{run / 'split.json'}",
+               "label 99", "not one of the 3 classes", program=export)
+    run = run_with_split(trained_run, tmp_path / "b", lambda split: split.update(train=[]))
+    line = fails_with([str(run / "best.pth"), "--int8"], capsys, f"{run / 'split.json'} lists no train photos",
+                      program=export)
+    assert "none of the 0" not in line
+    assert not list((tmp_path / "a" / "run").glob("*.int8.onnx")) and not list(run.glob("*.int8.onnx"))
+
+
+def test_unreadable_calibration_photos_are_named_in_a_warning(trained_run, tmp_path, monkeypatch, capsys):
+    broken = []
+
+    def break_half(split):  # half of the 16 photos the calibration will take
+        for relative in int8.spread([relative for relative, _ in split["train"]], 16)[::2]:
+            (Path(split["root"]) / relative).write_bytes(b"not a photo any more")
+            broken.append(str(Path(split["root"]) / relative))
+
+    run = run_with_split(trained_run, tmp_path, break_half)
+    monkeypatch.setattr(int8, "CALIBRATION_PHOTOS", 16)
+    keep_the_float_export(monkeypatch, run)
+    assert export.main([str(run / "best.pth"), "--int8", "--min-agreement", "0"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert any(path in line for line in warnings for path in broken), err
+    assert any("8 of the 16 calibration photos could not be read" in line for line in warnings), err
+    assert len(warnings) <= int8.UNREADABLE_NAMED + 1, err

@@ -10,16 +10,19 @@ metadata (class names, preprocessing, the checkpoint it came from) plus its cali
 
 Nothing here imports PyTorch; ONNX Runtime's quantizer (and with it onnx) is imported only to quantize.
 """
+import contextlib
+import io
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from effnet.inference import exported_backends
-from effnet.command_line import UsageError
+from effnet.inference import exported_backends, runtimes
+from effnet.command_line import UsageError, one_line
 from effnet.data.images import Preprocessing
 from effnet.reports.chance import agreement_caveat, one_answer
 from effnet.run_files import int8_path
@@ -34,7 +37,12 @@ CALIBRATION_BATCH = 8
 # photos, so that a handful of outliers do not stretch the 256 steps over values that hardly occur. Measured
 # against the full range (MinMax) on B0 runs trained on real flower photos (docs/benchmarks.md): the share of
 # validation photos keeping float32's top-1 class rose from 92% to 98% (224 px) and from 84% to 87% (96 px).
+# ONNX Runtime's CalibPercentile is the share of values kept, not the upper percentile: with asymmetric ranges
+# (CalibTensorRangeSymmetric False) its calibrator cuts (100 - 99.99) / 2 = 0.005% from each end of every
+# histogram (its own printout, "Percentile : (0.01, 99.99)", reads otherwise, and is silenced).
 CALIBRATION_PERCENTILE = 99.99
+RANGE_PERCENTILES = (round((100 - CALIBRATION_PERCENTILE) / 2, 9), round(100 - (100 - CALIBRATION_PERCENTILE) / 2, 9))
+UNREADABLE_NAMED = 5  # unreadable calibration or check photos named one by one; the rest are counted
 # Quantized: the convolutions, the classifier, and the element-wise operators between them, so that the
 # integer convolutions feed each other without a trip through float32; the softmax stays float32 (quantized
 # probabilities would move in steps of 1/256 and could tie at the top).
@@ -71,13 +79,24 @@ def run_photos(checkpoint: str | os.PathLike, class_names: Sequence[str] | None 
     if class_names is not None and list(class_names) != classes:
         raise UsageError(f"{path} lists the classes {classes}, not the model's {list(class_names)}; {hint} of "
                          f"the run the checkpoint comes from")
-    for part, found in pairs.items():
-        present = [photo for photo, _ in found if os.path.isfile(photo)]
-        if not present:
-            raise UsageError(f"{path}: none of the {len(found)} {part} photos is at {root} any more; {hint}")
+    _check_parts(path, root, len(classes), pairs, hint)
     training = [photo for photo, _ in pairs["train"]]
     validation = [(photo, label) for photo, label in pairs["val"]]
     return RunPhotos(spread(training, CALIBRATION_PHOTOS), [p for p, _ in validation], [lb for _, lb in validation])
+
+
+def _check_parts(path: Path, root: str, classes: int, pairs: dict[str, list[tuple[str, int]]], hint: str) -> None:
+    """Each part of split.json lists photos, some of them still there, with labels among the classes: scores
+    against labels no model can answer (a damaged or hand-edited file) would pass for real ones."""
+    for part, found in pairs.items():
+        if not found:
+            raise UsageError(f"{path} lists no {part} photos; {hint}, so it needs both (train.py lists them)")
+        wrong = next(((photo, label) for photo, label in found if not 0 <= label < classes), None)
+        if wrong is not None:
+            raise UsageError(f"{path} is damaged: label {wrong[1]} of the {part} photo {wrong[0]} is not one of the "
+                             f"{classes} classes (0 to {classes - 1}); {hint}")
+        if not any(os.path.isfile(photo) for photo, _ in found):
+            raise UsageError(f"{path}: none of the {len(found)} {part} photos is at {root} any more; {hint}")
 
 
 def spread(photos: Sequence[str], count: int) -> list[str]:
@@ -88,21 +107,36 @@ def spread(photos: Sequence[str], count: int) -> list[str]:
     return [photos[int(i)] for i in np.linspace(0, len(photos) - 1, count).round()]
 
 
-def preprocessed(photos: Sequence[str], preprocessing: Preprocessing) -> Iterator[tuple[np.ndarray, list[int]]]:
-    """Batches of the readable photos, each with the positions in `photos` it holds."""
+def preprocessed(photos: Sequence[str], preprocessing: Preprocessing,
+                 unreadable: list[tuple[str, str]] | None = None) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Batches of the readable photos, each with the positions in `photos` it holds; the others, with why, are
+    added to `unreadable`."""
     arrays: list[np.ndarray] = []
     positions: list[int] = []
     for position, photo in enumerate(photos):
         try:
             arrays.append(preprocessing.load(photo))
             positions.append(position)
-        except Exception:  # an unreadable photo only leaves the calibration or the check one photo smaller
+        except Exception as error:  # an unreadable photo leaves the calibration or the check one photo smaller
+            if unreadable is not None:
+                unreadable.append((photo, f"{type(error).__name__}: {error}"))
             continue
         if len(arrays) == BATCH:
             yield np.stack(arrays), positions
             arrays, positions = [], []
     if arrays:
         yield np.stack(arrays), positions
+
+
+def warn_unreadable(unreadable: Sequence[tuple[str, str]], total: int, what: str) -> None:
+    """On stderr: the first UNREADABLE_NAMED unreadable photos by name, then how many of `total` there were, so
+    that a calibration on half its photos is not taken for a whole one."""
+    for photo, error in unreadable[:UNREADABLE_NAMED]:
+        print(f"warning: unreadable {what} photo left out: {one_line(photo)}: {one_line(error)}", file=sys.stderr)
+    if unreadable:
+        print(f"warning: {len(unreadable)} of the {total} {what} photos could not be read and were left out"
+              f"{f' ({len(unreadable) - UNREADABLE_NAMED} not named)' if len(unreadable) > UNREADABLE_NAMED else ''}",
+              file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -134,7 +168,8 @@ def score(float32: Any, int8: Any, photos: RunPhotos, min_agreement: float) -> A
     """Both models on the validation photos (unreadable ones left out)."""
     same = float32_correct = int8_correct = total = 0
     answers = np.zeros(len(float32.class_names), dtype=int)  # how many photos float32 gave each class
-    for batch, positions in preprocessed(photos.validation, float32.preprocessing):
+    unreadable: list[tuple[str, str]] = []
+    for batch, positions in preprocessed(photos.validation, float32.preprocessing, unreadable):
         expected, answered = float32.probabilities(batch).argmax(1), int8.probabilities(batch).argmax(1)
         labels = np.array([photos.labels[i] for i in positions])
         total += len(batch)
@@ -142,6 +177,7 @@ def score(float32: Any, int8: Any, photos: RunPhotos, min_agreement: float) -> A
         float32_correct += int((expected == labels).sum())
         int8_correct += int((answered == labels).sum())
         answers += np.bincount(expected, minlength=len(answers))
+    warn_unreadable(unreadable, len(photos.validation), "validation")
     single = one_answer(answers.tolist())
     return Agreement(total, same, float32_correct, int8_correct, min_agreement,
                      None if single is None else float32.class_names[single])
@@ -153,7 +189,8 @@ class _CalibrationPhotos:
     (CalibStridedMinMax). The photos' pixels are small beside what the calibrator holds per batch."""
 
     def __init__(self, photos: Sequence[str], preprocessing: Preprocessing, input_name: str) -> None:
-        pixels = [array for batch, _ in preprocessed(photos, preprocessing) for array in batch]
+        self.unreadable: list[tuple[str, str]] = []
+        pixels = [array for batch, _ in preprocessed(photos, preprocessing, self.unreadable) for array in batch]
         self.batches = [np.stack(pixels[start:start + CALIBRATION_BATCH])
                         for start in range(0, len(pixels), CALIBRATION_BATCH)]
         self.input_name = input_name
@@ -180,8 +217,13 @@ def quantize(float_export: Path, output: str, photos: Sequence[str], preprocessi
 
     reader = _CalibrationPhotos(photos, preprocessing, "images")
     if not reader.batches:
-        raise UsageError(f"none of the {len(photos)} calibration photos could be read; nothing was written")
-    with tempfile.TemporaryDirectory(prefix="int8.") as folder:
+        raise UsageError(f"none of the {len(photos)} calibration photos could be read (first: "
+                         f"{one_line(reader.unreadable[0][0])}: {one_line(reader.unreadable[0][1])}); nothing was "
+                         f"written")
+    warn_unreadable(reader.unreadable, len(photos), "calibration")
+    # the calibrator prints its progress and settings on stdout (nine lines, one of them misleading, see
+    # CALIBRATION_PERCENTILE): export.py's output is its own lines, so they go nowhere
+    with tempfile.TemporaryDirectory(prefix="int8.") as folder, contextlib.redirect_stdout(io.StringIO()):
         prepared = os.path.join(folder, "prepared.onnx")
         quant_pre_process(str(float_export), prepared, skip_symbolic_shape=True)  # shapes known to the quantizer
         quantize_static(prepared, output, reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -206,10 +248,9 @@ def export_int8(float_export: str | os.PathLike, checkpoint: str | os.PathLike,
     """Quantize `float_export` (an export of this project, from `checkpoint` in a run folder) and write it to
     `output` (default: best.int8.onnx beside it) if it agrees with float32 on at least `min_agreement` percent
     of the validation photos; else AgreementError and no file."""
-    import onnxruntime
-
     from effnet.atomic_files import atomic_path
 
+    onnxruntime = runtimes.import_onnxruntime()
     float_export, output = Path(float_export), Path(output) if output else int8_path(float_export)
     float32 = exported_backends.OnnxRuntimeBackend(float_export)
     photos = run_photos(checkpoint, float32.class_names)
@@ -217,7 +258,9 @@ def export_int8(float_export: str | os.PathLike, checkpoint: str | os.PathLike,
         used = quantize(float_export, temporary, photos.training, float32.preprocessing)
         metadata = dict(float32.session.get_modelmeta().custom_metadata_map)
         calibration = {"photos": used, "from": "the run's training split (split.json)",
-                       "method": f"Percentile {CALIBRATION_PERCENTILE}",
+                       "method": f"Percentile: from the {RANGE_PERCENTILES[0]:g}th to the {RANGE_PERCENTILES[1]:g}th "
+                                 f"percentile of each activation (ONNX Runtime's CalibPercentile "
+                                 f"{CALIBRATION_PERCENTILE:g}, asymmetric)",
                        "format": "QDQ", "activations": "uint8", "weights": "int8 per channel",
                        "onnxruntime": onnxruntime.__version__}
         entries = {**metadata, "precision": "int8", "calibration": json.dumps(calibration)}
