@@ -253,3 +253,12 @@ def test_a_random_bytes_checkpoint_is_one_line_everywhere_without_pytorchs_warni
     for main, argv in ((predict.main, ["x.jpg", "--weights", str(stray)]), (export.main, [str(stray)]),
                        (app.main, ["--weights", str(stray), "--port", "0"])):
         fails_with(main, argv, capsys, f"{stray} is not a readable PyTorch weights file")
+
+
+def test_a_resumed_runs_report_shows_its_resume_flag(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert "<tr><td>--resume</td><td>no</td></tr>" in (run / "report.html").read_text()  # as it was trained
+    assert train.main(["--resume", str(run)]) == 0  # a finished run: its review is written again
+    page = (run / "report.html").read_text()
+    assert f"<tr><td>--resume</td><td>{run}</td></tr>" in page and "<td>--resume</td><td>no</td>" not in page

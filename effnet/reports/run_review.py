@@ -43,6 +43,8 @@ def finish_run(folder: RunFolder, split: DataSplit, progress: Progress, settings
               f"{metrics.class_table(classes, progress.best_confusion)}")
         if settings.report:
             used = settings_used(step_settings, settings.device, workers)
+            if settings.resume:  # best.pth's saved flags may be from before this resume, when --resume was none
+                used["resume"] = settings.resume
             report_path, test = review(folder.path, split, step_settings.device, data_check, used)
             if test is not None:
                 print_test_results(test, best)
