@@ -9,6 +9,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,6 +89,22 @@ def atomic_path(path: str | os.PathLike, size: Callable[[], int] | None = None) 
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files atomic_path left in `folder` when the process writing them was killed (SIGKILL,
+    a power cut): hidden .<name>.XXXXXXXX.tmp files, the size of what they were to become, that nothing else
+    would ever remove. Only for a folder no other process writes at the same time: a run folder, as its run
+    resumes. Returns what was removed."""
+    removed = []
+    for entry in Path(folder).glob(".*.tmp"):
+        if re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", entry.name) and entry.is_file():  # mkstemp's 8 characters
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:  # gone already, or not ours to remove: left as it is
+                pass
+    return removed
 
 
 class _ByteCounter(io.RawIOBase):

@@ -11,6 +11,7 @@ import train
 from effnet.training.flags import build_parser
 from conftest import fails_with
 from effnet import command_line
+from effnet.command_line import UsageError
 from effnet import weights as W
 from effnet.data import flower_photos
 from effnet.download import download_file, sha256_of
@@ -52,6 +53,15 @@ def test_missing_flower_photos_without_network(tmp_path, capsys, monkeypatch, cl
     _fails_with(["--num_classes", "5", "--weights", "none"], capsys,
                 closed_port_url, "tar -xzf", "--data-path")
     assert not (tmp_path / "flower_data" / "flower_photos").exists()
+
+
+def test_a_failed_download_leaves_no_empty_folder_behind(tmp_path, closed_port_url):
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays, empty or not
+    for data_path in (tmp_path / "flower_data" / "flower_photos", tmp_path / "a" / "b" / "flower_photos",
+                      tmp_path / "kept" / "flower_photos"):
+        with pytest.raises(UsageError, match="could not download"):
+            flower_photos.ensure_flower_photos(data_path, url=closed_port_url + "/flower_photos.tgz")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept"] and not list((tmp_path / "kept").iterdir())
 
 
 def _archive(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
@@ -107,7 +117,7 @@ def test_flower_archive_with_a_wrong_checksum_is_rejected(http_server, tmp_path,
     target = tmp_path / "flower_data" / "flower_photos"
     with pytest.raises(command_line.UsageError, match="corrupted or altered"):
         flower_photos.ensure_flower_photos(target, url=f"{base_url}/flower_photos.tgz")
-    assert not target.exists() and not list((tmp_path / "flower_data").iterdir())
+    assert not target.exists() and not (tmp_path / "flower_data").exists()  # nothing left, no empty folder
 
 
 @pytest.mark.parametrize("members, links", [({"flower_photos/../../escaped.txt": b"x"}, None),

@@ -262,3 +262,15 @@ def test_a_resumed_runs_report_shows_its_resume_flag(trained_run, tmp_path):
     assert train.main(["--resume", str(run)]) == 0  # a finished run: its review is written again
     page = (run / "report.html").read_text()
     assert f"<tr><td>--resume</td><td>{run}</td></tr>" in page and "<td>--resume</td><td>no</td>" not in page
+
+
+def test_a_resumed_run_removes_what_a_killed_write_left_behind(trained_run, tmp_path):
+    """A run killed while it wrote best.onnx (or a checkpoint) leaves atomic_files' hidden temporary file."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    leftovers = [run / ".best.onnx.k2j4h5g6.tmp", run / ".last.pth.a1_b2c3d.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"\0" * 1000)
+    (run / ".notes.tmp").write_text("not one of ours")  # no temporary name of atomic_files: stays
+    assert train.main(["--resume", str(run)]) == 0
+    assert sorted(run.glob(".*.tmp")) == [run / ".notes.tmp"]

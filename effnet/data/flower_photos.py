@@ -51,6 +51,24 @@ def extract_tar_safely(archive: str | os.PathLike, target: str | os.PathLike) ->
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those above it that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove the `folders` (innermost first) that are empty, up to the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else is there now), or gone: leave it and those above
+            return
+
+
 def ensure_flower_photos(data_path: str | os.PathLike, url: str | None = None) -> None:
     """Download and unpack the flower photos so that `data_path` (…/flower_photos) exists.
 
@@ -63,9 +81,11 @@ def ensure_flower_photos(data_path: str | os.PathLike, url: str | None = None) -
     archive = data_path.parent / "flower_photos.tgz"
     print(f"{data_path} is missing: downloading the flower photos ({FLOWER_PHOTOS_BYTES / 1e6:.0f} MB) "
           f"from {url}", file=sys.stderr)
+    created = missing_folders(archive.parent)  # the download makes them: a failed one must not leave them empty
     try:
         download_file(url, archive, FLOWER_PHOTOS_SHA256)
     except Exception as error:
+        remove_if_empty(created)
         raise UsageError(f"{error}; then unpack it with 'tar -xzf {archive} -C {data_path.parent}', "
                          f"or point --data-path at your own class-per-folder images (with --weights none where the "
                          f"ImageNet weights cannot be downloaded either); to try the project without any download, "

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from effnet.atomic_files import remove_leftovers
 from effnet.checkpoints import WeightsError, checkpoint_header, read_weights_file
 from effnet.command_line import UsageError
 from effnet.data.split import DataSplit
@@ -44,6 +45,8 @@ def resume_run(flags: argparse.Namespace, given: set[str]) -> Resumed:
     data_root = resumed_data_root(flags.data_path, saved_split, checkpoint["args"]["data_path"])
     settings = resumed_settings(checkpoint["args"], flags, given, data_root)  # data_path saved for the next resume
     folder = RunFolder(path.parent, writes=int(os.environ.get("RANK", "0")) == 0)
+    if folder.writes:  # a write the stopped run was killed in (its final best.onnx, a checkpoint) left its temporary
+        remove_leftovers(path.parent)
     return Resumed(settings, checkpoint, folder, DataSplit.from_json(saved_split, data_root))
 
 
