@@ -7,6 +7,7 @@ numbers of B0 ... B7 live in variants.py, the reading of weight files in checkpo
 """
 import contextlib
 import functools
+import numbers
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -184,6 +185,14 @@ class InvertedResidual(nn.Module):
         return result
 
 
+def check_num_classes(num_classes: object) -> None:
+    """ValueError unless `num_classes` is a whole number of at least 1: PyTorch would otherwise fail deep inside
+    nn.Linear (or, for True, build a one-class model). There is no features-only model: forward_features gives
+    the feature map of any EfficientNet."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number of at least 1, not {num_classes!r}")
+
+
 class EfficientNet(nn.Module):
     """EfficientNet with the tutorial's module names.
 
@@ -195,6 +204,7 @@ class EfficientNet(nn.Module):
                  dropout_rate: float = 0.2, drop_connect_rate: float = 0.2, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1, variant: str | None = None) -> None:
         super().__init__()
+        check_num_classes(num_classes)
         self.variant = variant  # "b0" ... "b7" when built by a factory; recorded in checkpoints
         self.num_classes = num_classes
         self.grad_checkpointing = False

@@ -486,3 +486,10 @@ def test_folded_batchnorm_computes_the_same_function(variant):
         assert (folded(x) - expected).abs().max() <= 1e-4
         fast = folded.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
         assert (fast - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 1.5, True, "5", None])
+def test_a_num_classes_that_is_not_a_positive_whole_number_is_one_clear_error(num_classes):
+    for build in (M.efficientnet_b0, lambda **kwargs: M.create_model("b1", **kwargs)):
+        with pytest.raises(ValueError, match=f"num_classes must be a whole number of at least 1, not {num_classes!r}"):
+            build(num_classes=num_classes)

@@ -304,3 +304,35 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch):
         output = predict.Output(args, class_count=5)
         assert (output.bar is not None) == drawn
         output.close()
+
+
+# --- hostile round 3: the Python API refuses bad arguments in one clear exception ---------------------------------
+
+
+def test_classify_takes_numpy_arrays_and_refuses_what_it_cannot_read(trained_run):
+    import numpy as np
+
+    paths, _ = val_images(trained_run)
+    best = trained_run / "best.pth"
+    classifier = predict.Classifier.from_weights(best)
+    with Image.open(paths[0]) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    from_path, from_array = predict.classify(paths[0], classifier), predict.classify(pixels, classifier)
+    assert [name for name, _ in from_array] == [name for name, _ in from_path]
+    assert [p for _, p in from_array] == pytest.approx([p for _, p in from_path], abs=1e-6)
+    assert predict.classify([pixels, paths[0]], classifier) == [from_array, from_path]
+    for wrong in (os.fsencode(paths[0]), 42, {"image": paths[0]}):
+        with pytest.raises(TypeError, match="a path .*a PIL image or a numpy array"):
+            predict.classify(wrong, classifier)
+    with pytest.raises(TypeError, match="bytes"):
+        predict.classify([paths[0], os.fsencode(paths[0])], classifier)
+    for shape, dtype in (((8, 8), np.uint8), ((8, 8, 4), np.uint8), ((8, 8, 3), np.float32)):
+        with pytest.raises(ValueError, match=r"\(H, W, 3\) array of uint8"):
+            predict.classify(np.zeros(shape, dtype), classifier)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 1.5, True, "3"])
+def test_classify_refuses_a_top_k_that_is_not_a_positive_whole_number(trained_run, top_k):
+    paths, _ = val_images(trained_run)
+    with pytest.raises(ValueError, match="top_k must be a whole number of at least 1"):
+        predict.classify(paths[0], trained_run / "best.pth", top_k=top_k)

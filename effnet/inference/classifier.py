@@ -13,6 +13,7 @@ whose up-to-date export lies beside it (best.onnx beside best.pth); otherwise, o
 PyTorch, the torch backend.
 """
 import itertools
+import numbers
 import os
 import sys
 from collections import deque
@@ -308,12 +309,15 @@ class Classifier:
             while pending:
                 yield from self._score_batch([pending.popleft() for _ in range(min(batch_size, len(pending)))])
 
-    def _work(self, image: str | os.PathLike | Image.Image | Scored, start: Any) -> tuple[str, Any]:
+    def _work(self, image: "ImageLike | Scored", start: Any) -> tuple[str, Any]:
         """(source, what _score_batch takes): a Scored passes through; an image's decoding is started with
         `start(function, image)`, which returns something whose .result() gives its pixels (a Future)."""
         if isinstance(image, Scored):
             return image.source, image
-        return "<PIL image>" if isinstance(image, Image.Image) else os.fspath(image), start(self.preprocess, image)
+        source = "<numpy array>" if isinstance(image, np.ndarray) else "<PIL image>" \
+            if isinstance(image, Image.Image) else None
+        image = as_image(image)
+        return source or os.fspath(image), start(self.preprocess, image)
 
     def _score_batch(self, batch: list[tuple[str, Any]]) -> list[Scored]:
         results, decoded, arrays = [], [], []
@@ -365,21 +369,53 @@ class Classifier:
 
 
 Ranking = list[tuple[str, float]]  # (class, probability) pairs, most likely first
+ImageLike = str | os.PathLike | Image.Image | np.ndarray  # what classify() and Classifier.predict take as an image
+IMAGE_TYPES = "a path (str or os.PathLike), a PIL image or a numpy array (H, W, 3) of uint8 RGB pixels"
 
 
-def classify(images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike | Image.Image,
-             model: Any = None, top_k: int | None = None, class_names: Sequence[str] | None = None,
-             backend: str = "auto", tta: bool = False) -> Ranking | list[Ranking]:
-    """The ranked (class, probability) list of one photo (a path or PIL image), or a list of them for a list
-    of photos, from a model or checkpoint.
+def as_image(item: Any) -> str | os.PathLike | Image.Image:
+    """An image as the preprocessing reads it: a path or a PIL image as given, a numpy array of RGB pixels made a
+    PIL image. Anything else is a TypeError (a ValueError for an array of another shape) naming what is
+    accepted, here rather than deep inside the decoding; bytes too, which could be a path or a file's contents."""
+    if isinstance(item, (str, os.PathLike, Image.Image)):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.ndim == 3 and item.shape[2] == 3 and item.dtype == np.uint8:
+            return Image.fromarray(item)
+        raise ValueError(f"an image array must be an (H, W, 3) array of uint8 (RGB pixels), not one of shape "
+                         f"{item.shape} and dtype {item.dtype}")
+    hint = "; for a path held in bytes, pass os.fsdecode(path)" if isinstance(item, (bytes, bytearray)) else ""
+    raise TypeError(f"an image must be {IMAGE_TYPES}, not {type(item).__name__}{hint}")
+
+
+def _image_list(images: Any) -> tuple[list[Any], bool]:
+    """(the images as as_image gives them, whether `images` was one image rather than a sequence of them)."""
+    one = isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim != 4)
+    if one or isinstance(images, (bytes, bytearray, Mapping)) or not isinstance(images, Iterable):
+        return [as_image(images)], True
+    return [as_image(image) for image in images], False
+
+
+def check_top_k(top_k: Any) -> None:
+    """ValueError unless `top_k` is None (min(5, classes)) or a whole number of at least 1, as predict.py's
+    --top-k must be: 0 would otherwise silently stand for the default."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number of at least 1 (or None for min(5, classes)), not {top_k!r}")
+
+
+def classify(images: ImageLike | Sequence[ImageLike], model: Any = None, top_k: int | None = None,
+             class_names: Sequence[str] | None = None, backend: str = "auto",
+             tta: bool = False) -> Ranking | list[Ranking]:
+    """The ranked (class, probability) list of one photo (a path, a PIL image or an (H, W, 3) uint8 numpy array
+    of RGB pixels), or a list of them for a list of photos (or an (N, H, W, 3) array), from a model or checkpoint.
 
     `model` is a Classifier, an EfficientNet (with `class_names`, else classes are named "0", "1", ...), a
-    checkpoint or exported model's path, or None for the newest runs/*/best.pth; `backend` and `tta` as for
-    Classifier.from_weights. Raises ValueError for an unreadable image.
+    checkpoint or exported model's path, or None for the newest runs/*/best.pth; `top_k` None gives min(5,
+    classes); `backend` and `tta` as for Classifier.from_weights. Raises TypeError or ValueError, before any model
+    loads, for an argument of the wrong kind (see as_image, check_top_k), and ValueError for an unreadable image.
     """
-    single = isinstance(images, (str, os.PathLike, Image.Image))
-    if single:
-        images = [images]
+    check_top_k(top_k)
+    images, single = _image_list(images)
     if isinstance(model, Classifier):
         classifier = model
     elif hasattr(model, "forward_features"):
