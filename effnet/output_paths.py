@@ -9,8 +9,9 @@
    What any run or program reads back is an input in this sense too, whoever wrote it: in a run folder of
    train.py (a folder holding split.json) its split.json, data_check.json, class_indices.json, recipe.json,
    metrics.csv, duplicates.csv, report.html, checkpoints and exports (run_files.READ_BACK_NAMES), whether they
-   exist yet or not; and every other file already in a run folder belongs to that run. Only the program that
-   writes such a file for the run replaces it (export.py: the exports beside the checkpoint it exports).
+   exist yet or not; and every other file in a run folder belongs to that run, so no other output goes there.
+   Only the program that writes a file for the run writes it there (export.py: the exports beside the
+   checkpoint it exports).
    Elsewhere, a checkpoint or an export (.pth, .onnx, .xml, .bin) is replaced only by an export.
 2. Never over an existing file the program did not write itself, unless --overwrite is given. What the
    programs write says so where it is cheap to read: figures in a PNG text chunk or JPEG comment, CSV
@@ -198,6 +199,9 @@ def _check_run_files(flag: str, path: str, inputs: RunInputs, kind: OutputKind) 
     if run is not None and os.path.lexists(path):
         raise UsageError(f"{flag} {path} belongs to the run in {run} (a folder holding split.json is a run folder "
                          f"of train.py, and every file in it is that run's); it is {never}")
+    if run is not None:  # a new file there would be the run's too, and could then not be written again
+        raise UsageError(f"{flag} {path} lies in the run folder {run} (it holds split.json), and every file in it "
+                         f"belongs to that run; choose a place outside it for {flag}")
     if run is None and not kind.model and os.path.lexists(path) and name.lower().endswith(MODEL_SUFFIXES):
         raise UsageError(f"{flag} {path} is a model file (a checkpoint or an export), which the programs read; "
                          f"it is {never}")

@@ -109,9 +109,10 @@ def test_a_run_folders_files_are_never_replaced_not_even_with_overwrite(run_fold
     # a name the run's files go by, not there yet: the programs would take it for the run's own
     assert "is a file of the run folder" in refused(run_folder / "last.pth", RunInputs(), overwrite, ours)
     assert "is a file of the run folder" in refused(run_folder / "best.int8.onnx", RunInputs(), overwrite, ours)
-    # any other file there belongs to the run as well; a new name is free
+    # any other file there belongs to the run as well, and so would a new one
     assert "belongs to the run in" in refused(run_folder / "notes.txt", RunInputs(), overwrite, ours)
-    check_file_target("--csv", str(run_folder / "mine.csv"), RunInputs(), ours, overwrite)
+    assert f"lies in the run folder {run_folder}" in refused(run_folder / "mine.csv", RunInputs(), overwrite, ours)
+    check_file_target("--csv", str(run_folder.parent / "mine.csv"), RunInputs(), ours, overwrite)  # runs/ is free
     with pytest.raises(UsageError, match="is a run folder of train.py"):
         check_folder_target("--output-dir", str(run_folder), RunInputs(), {}, overwrite)
     assert all((run_folder / name).read_bytes().startswith(b"the run's own") for name in ("split.json", "notes.txt"))
