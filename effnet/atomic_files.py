@@ -155,10 +155,11 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> None:
-    """Rows of dicts with the same keys; the header is `columns`, else the first row's keys (with `columns`,
-    a table without rows is its header alone)."""
+    """Rows of dicts; the header is `columns`, else every key of the rows in the order they first appear, and a
+    row without a column leaves it empty (a resumed run's history: rows of an older version lack the newer
+    columns). With `columns`, a table without rows is its header alone."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buffer.getvalue())

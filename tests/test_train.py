@@ -147,5 +147,5 @@ def test_an_epoch_that_read_no_image_is_never_the_best():
     settings = settings_from_flags(build_parser().parse_args(["--weights", "none"]), set())
     empty = EpochResult(0.0, 0.0, 0, 1.0, torch.zeros(2, 2, dtype=torch.int64))
     progress = Progress()
-    assert not progress.record(1, 0.01, empty, empty, settings)
+    assert not progress.record(1, 0.01, 48, empty, empty, settings)
     assert progress.best_epoch == -1 and progress.next_epoch == 1
