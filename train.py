@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                      num_replicas=ddp.world_size,
                                      weights=recipe.sample_weights(split.train_labels, len(split.classes), settings))
         train_batches = LastBatchMerged(train_sampler, settings.batch_size)
-        workers = default_workers(settings.batch_size) if settings.workers is None else settings.workers
+        workers = default_workers(settings.batch_size, device) if settings.workers is None else settings.workers
         # each loader draws from a generator of its own, not from the global one that dropout uses
         loading = dict(num_workers=workers, collate_fn=MyDataSet.collate_fn, pin_memory=device.type == "cuda",
                        persistent_workers=workers > 0, generator=torch.Generator())

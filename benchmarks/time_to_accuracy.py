@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--data", type=Path, default=FLOWER_SAMPLE, help="class folders (default data/flower_sample)")
     add("--seeds", type=int, nargs="+", default=[0, 1], help="--seed of each repetition (default 0 1)")
-    add("--recipes", nargs="+", default=["modern", "fast", "tutorial"], help="default modern fast tutorial")
-    add("--epochs", type=int, default=8, help="epochs of every run (default 8)")
+    add("--recipes", nargs="+", default=["modern", "fast:16", "tutorial"], metavar="RECIPE[:EPOCHS][ FLAGS]",
+        help="the --recipe of each contender, with its --epochs after a colon and more train.py flags after a "
+             "space: 'fast:16 --lr 0.003' (default modern fast:16 tutorial)")
+    add("--epochs", type=int, default=8, help="epochs of a contender that names none (default 8)")
     add("--image-size", type=int, default=None, help="--image-size of every run (default: the variant's, 224)")
     add("--batch-size", type=int, default=16, help="default 16")
     add("--extra", default="", help="more train.py flags for every run, in one string (default none)")
@@ -43,14 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
+def train_run(args: argparse.Namespace, contender: str, seed: int) -> dict:
     """One train.py run: (epoch, wall seconds since start, validation accuracy) of each epoch, as they appear."""
-    name = f"{recipe}-seed{seed}-{time.strftime('%H%M%S')}"
+    recipe, _, epochs = contender.split()[0].partition(":")
+    name = f"{recipe}{epochs}-seed{seed}-{time.strftime('%H%M%S')}"
     command = [sys.executable, str(REPO / "train.py"), "--data-path", str(args.data), "--weights", "none",
-               "--recipe", recipe, "--epochs", str(args.epochs), "--seed", str(seed), "--batch-size",
+               "--recipe", recipe, "--epochs", epochs or str(args.epochs), "--seed", str(seed), "--batch-size",
                str(args.batch_size), "--output-dir", str(args.output_dir), "--name", name, "--progress", "false",
                "--report", "false", "--onnx", "false", *(["--image-size", str(args.image_size)] if args.image_size
-                                                         else []), *args.extra.split()]
+                                                         else []), *contender.split()[1:], *args.extra.split()]
     print(f"[{time.strftime('%H:%M:%S')}] {' '.join(command[1:])}", flush=True)
     epochs, start = [], time.perf_counter()
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -61,8 +64,8 @@ def train_run(args: argparse.Namespace, recipe: str, seed: int) -> dict:
                 epochs.append((int(found.group(1)), round(time.perf_counter() - start, 1), float(found.group(2))))
         error = process.stderr.read()
     if process.returncode != 0:
-        raise SystemExit(f"error: {recipe} (seed {seed}) failed with status {process.returncode}:\n{error[-2000:]}")
-    return {"recipe": recipe, "seed": seed, "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
+        raise SystemExit(f"error: {contender} (seed {seed}) failed with status {process.returncode}:\n{error[-2000:]}")
+    return {"recipe": contender, "seed": seed, "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
             "best": max(acc for _, _, acc in epochs), "command": " ".join(command[1:])}
 
 
@@ -77,7 +80,7 @@ def report(runs: list[dict], recipes: list[str]) -> str:
     shares: dict[str, list[float]] = {recipe: [] for recipe in recipes}
     for seed in sorted({run["seed"] for run in runs}):
         mine = {run["recipe"]: run for run in runs if run["seed"] == seed}
-        modern = mine.get("modern")
+        modern = next((run for name, run in mine.items() if name.split()[0].partition(":")[0] == "modern"), None)
         target = modern["best"] if modern else max(run["best"] for run in mine.values())
         for recipe in recipes:
             run = mine[recipe]
@@ -106,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(train_run(args, recipe, seed))
             with open(args.output_dir / "results.jsonl", "a") as log:
                 log.write(json.dumps(runs[-1]) + "\n")
-    print(f"\n{args.data}, {args.epochs} epochs, batch {args.batch_size}, from scratch, "
-          f"{os.cpu_count()} CPUs\n{report(runs, args.recipes)}")
+    print(f"\n{args.data}, batch {args.batch_size}, from scratch, {os.cpu_count()} CPUs; "
+          f"{', '.join(args.recipes)} (epochs after the colon, else {args.epochs})\n{report(runs, args.recipes)}")
     return 0
 
 

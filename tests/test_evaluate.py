@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import evaluate
-from effnet.reports import metrics
-import train
-from effnet.data.split import DataSplit, read_data
 from conftest import FLOWER_SAMPLE, assert_usage_error, train_args
 from imagegen import make_class_folders
+
+import evaluate
+import train
+from effnet.data.split import DataSplit, read_data
+from effnet.reports import metrics
 
 FLOWER_CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 RUN_SECTIONS = ("settings", "curves", "distribution", "confusion", "per-class", "misclassified", "test")
@@ -40,10 +40,12 @@ def link_presplit(source: Path, target: Path, counts: dict[str, int]) -> Path:
 
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch run from scratch on the flower sample split into train/ val/ test/ folders (8/4/4 per class)."""
+    """A 2-epoch run from scratch on the flower sample split into train/ val/ test/ folders (8/4/4 per class), its
+    first epoch on smaller crops (--progressive-resizing)."""
     root = tmp_path_factory.mktemp("flower_run")
     data = link_presplit(FLOWER_SAMPLE, root / "flowers", {"train": 8, "val": 4, "test": 4})
-    assert train.main(train_args(data, root / "runs", "--epochs", "2", "--batch-size", "8", "--name", "split")) == 0
+    assert train.main(train_args(data, root / "runs", "--epochs", "2", "--batch-size", "8", "--progressive-resizing",
+                                 "0.5", "--name", "split")) == 0
     return root / "runs" / "split"
 
 
@@ -89,7 +91,8 @@ def test_evaluate_numbers_equal_a_hand_count_from_its_own_csv(flower_run, tmp_pa
         support = sum(n for (t, _), n in pairs.items() if t == name)
         precision, recall = hits / predicted if predicted else 0.0, hits / support if support else 0.0
         f1s.append(2 * precision * recall / (precision + recall) if hits else 0.0)
-        assert (by_class[name]["precision"], by_class[name]["recall"], by_class[name]["f1"], by_class[name]["support"]) \
+        row = by_class[name]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) \
             == (pytest.approx(precision, abs=1e-6), pytest.approx(recall, abs=1e-6), pytest.approx(f1s[-1], abs=1e-6),
                 support)
     assert scores["macro_f1"] == pytest.approx(sum(f1s) / len(f1s))
@@ -131,6 +134,8 @@ def test_run_report_renders_every_section_in_chromium(flower_run, page, tmp_path
     assert (gallery["cards"], gallery["cams"]) == (wrong, min(wrong, 6))
     assert page.locator("#settings td", has_text="--epochs").count() == 1
     assert "as given by the train/, val/, test/ folders" in page.locator("#settings").inner_text()
+    crops = page.locator("#settings tr", has_text="training crops").locator("td").last.inner_text()
+    assert crops == "32 px (epoch 1), 48 px (2)"  # what each epoch trained on: half of 48 px, but never below 32
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
 

@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.transforms as T
+from conftest import fails_with, load, train_args
+from imagegen import make_class_folders
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import model as M
 import train
 import utils
-from conftest import fails_with, load, train_args
 from effnet.command_line import UsageError
 from effnet.data import flower_photos
 from effnet.data.sampling import EpochSampler
 from effnet.training import recipe
 from effnet.training.flags import build_parser, given_flags
 from effnet.training.settings import PRESETS, TrainSettings, settings_from_flags
-from imagegen import make_class_folders
 from my_dataset import MyDataSet, eval_transform, train_transform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +50,14 @@ def test_without_recipe_flags_the_run_is_the_tutorials():
     assert args.freeze_layers is False  # the tutorial's default: every layer trains
 
 
-def test_modern_preset_resolves_to_the_flags_the_training_page_documents():
+@pytest.mark.parametrize("name", ["modern", "fast"])
+def test_each_preset_resolves_to_the_flags_the_training_page_documents(name):
     page = (REPO / "docs" / "training.md").read_text()
-    documented = re.search(r"`--recipe modern` stands for `([^`]+)`", page).group(1).split()
-    modern, spelled_out = resolved("--recipe", "modern"), resolved(*documented)
-    assert modern == dataclasses.replace(spelled_out, recipe="modern")
-    for key, value in PRESETS["modern"].items():
-        assert getattr(modern, key) == value, key
+    documented = re.search(rf"`--recipe {name}` stands for `([^`]+)`", page).group(1).split()
+    preset, spelled_out = resolved("--recipe", name), resolved(*documented)
+    assert preset == dataclasses.replace(spelled_out, recipe=name)
+    for key, value in PRESETS[name].items():
+        assert getattr(preset, key) == value, key
 
 
 def test_flags_given_explicitly_win_over_the_preset():
@@ -171,7 +172,8 @@ def test_class_weights_are_inverse_frequencies_in_the_loss():
     logits, targets = torch.tensor([[1.0, -1.0], [0.3, 0.2], [-2.0, 1.0]]), torch.tensor([0, 1, 1])
     losses = -logits.log_softmax(1)[torch.arange(3), targets]
     weights = torch.tensor([0.625, 2.5])[targets]
-    assert steps.loss_function(logits, targets).item() == pytest.approx(((weights * losses).sum() / weights.sum()).item())
+    expected = ((weights * losses).sum() / weights.sum()).item()
+    assert steps.loss_function(logits, targets).item() == pytest.approx(expected)
 
 
 def _blob_recall(class_weights: str) -> float:
@@ -342,6 +344,7 @@ def test_balanced_sampling_draws_every_class_about_equally():
     assert len(set(seeds)) == len(seeds)  # an image drawn twice is augmented twice, differently
 
 
+@pytest.mark.slow
 def test_balanced_sampling_reaches_the_training_loader(tmp_path, monkeypatch):
     data = make_class_folders(tmp_path / "data", per_class=10)
     for photo in sorted((data / "blue").iterdir())[2:]:  # 2 blue photos, 10 green, 10 red
@@ -397,6 +400,7 @@ def _scripted_evaluation(monkeypatch, accuracies: list[float], stop_at_call: int
     return calls
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_a_resumed_run_counts_on(tmp_path, monkeypatch, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     scores = [0.5, 0.6, 0.6, 0.55, 0.6, 0.6, 0.6, 0.6]

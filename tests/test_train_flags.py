@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fails_with, train_args, training_only_args
+from imagegen import make_class_folders
 
 import model as M
 import predict
 import train
-from effnet.training.flags import build_parser
-from conftest import fails_with, train_args, training_only_args
 from effnet import command_line, hardware, variants
-from effnet.command_line import UsageError
-from effnet.inference.classifier import Classifier
 from effnet import weights as W
+from effnet.command_line import UsageError
 from effnet.data import flower_photos
-from imagegen import make_class_folders
+from effnet.inference.classifier import Classifier
+from effnet.training.flags import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,8 @@ def test_an_output_folder_that_cannot_be_created(tmp_path, capsys):
 def test_unavailable_device(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     _fails_with(train_args(data, tmp_path / "runs", "--device", "cuda:99"), capsys, "--device cuda:99")
-    _fails_with(train_args(data, tmp_path / "runs", "--device", "toaster"), capsys, "--device toaster: only cpu, cuda and mps")
+    _fails_with(train_args(data, tmp_path / "runs", "--device", "toaster"), capsys,
+                "--device toaster: only cpu, cuda and mps")
 
 
 def test_the_meta_device_is_refused_in_one_line(trained_run, tmp_path, capsys):
@@ -156,6 +157,15 @@ def test_sync_bn_needs_cuda_processes(tmp_path, capsys, monkeypatch, closed_port
 def test_an_explicit_gpu_index_is_refused_under_torchrun():
     with pytest.raises(command_line.UsageError, match="LOCAL_RANK"):
         hardware.resolve_device("cuda:1", local_rank=0, distributed=True)
+
+
+def test_on_a_cpu_of_two_cores_or_fewer_a_cpu_run_loads_its_photos_without_workers(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for cores, on_cpu, elsewhere in ((1, 0, 1), (2, 0, 2), (4, 4, 4), (16, 8, 8)):
+        monkeypatch.setattr(hardware, "usable_cpus", lambda cores=cores: cores)
+        assert hardware.default_workers(16, cpu) == on_cpu, cores
+        assert hardware.default_workers(16, gpu) == hardware.default_workers(16) == elsewhere, cores
+    assert hardware.default_workers(1, gpu) == 0  # batch 1: no workers, as before
 
 
 def test_default_workers_count_only_the_cpus_this_process_may_use():

@@ -4,16 +4,17 @@ label_issues.csv (the labels it doubts most) and report.html. Training itself im
 inference package): train.py calls finish_run when its epochs are done."""
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from effnet.checkpoints import read_weights_file
 from effnet.command_line import report
 from effnet.data.class_folders import presplit_folders
 from effnet.data.duplicates import DataCheck
 from effnet.data.split import DataSplit
 from effnet.inference.classifier import Classifier, NonFiniteOutputError
 from effnet.inference.onnx_conversion import export_after_training
-from effnet.checkpoints import read_weights_file
 from effnet.reports import metrics, report_page
 from effnet.reports.chance import learned_nothing
 from effnet.reports.label_issues import rank_label_issues, write_label_issues
@@ -21,7 +22,7 @@ from effnet.reports.scoring import DEFAULT_TOP_K, Evaluation, describe, evaluate
 from effnet.run_files import BEST_CHECKPOINT
 from effnet.training.progress import Progress
 from effnet.training.run_folder import RunFolder
-from effnet.training.settings import TrainSettings
+from effnet.training.settings import TrainSettings, describe_sizes
 from effnet.training.steps import StepSettings
 
 
@@ -45,7 +46,9 @@ def finish_run(folder: RunFolder, split: DataSplit, progress: Progress, settings
             used = settings_used(step_settings, settings.device, workers)
             if settings.resume:  # best.pth's saved flags may be from before this resume, when --resume was none
                 used["resume"] = settings.resume
-            report_path, test = review(folder.path, split, step_settings.device, data_check, used)
+            sizes = [row.get("train_size") for row in progress.history]  # None in rows of an older version's run
+            report_path, test = review(folder.path, split, step_settings.device, data_check, used,
+                                       describe_sizes(sizes) if all(sizes) else None)
             if test is not None:
                 print_test_results(test, best)
             print(f"report: {report_path}")
@@ -64,11 +67,12 @@ def finish_run(folder: RunFolder, split: DataSplit, progress: Progress, settings
 
 
 def review(run_dir: Path, split: DataSplit, device: Any = None, data_check: DataCheck | None = None,
-           used: Mapping[str, str] | None = None) -> tuple[Path, Evaluation | None]:
+           used: Mapping[str, str] | None = None, crops: str | None = None) -> tuple[Path, Evaluation | None]:
     """best.pth on every photo of the run: its results on the test images (in test/, when there are any),
     label_issues.csv (every image whose label best.pth doubts) and report.html, which shows its mistakes on the
     validation images, those doubts and the data check's copies; `used`: what the flags left to the machine came
-    to. Returns (report path, test results)."""
+    to; `crops`: the training crop of each epoch, as settings.describe_sizes says it. Returns (report path, test
+    results)."""
     best = read_weights_file(run_dir / BEST_CHECKPOINT)
     classifier = Classifier.from_weights(run_dir / BEST_CHECKPOINT, device=device)
     test = None
@@ -86,6 +90,8 @@ def review(run_dir: Path, split: DataSplit, device: Any = None, data_check: Data
            f"at random (--val-rate, --seed){'; test/ as given' if split.test_paths else ''}")
     data = {"data": os.path.abspath(split.root), "split": how,
             "images": f"{split.describe()} in {len(split.classes)} classes"}
+    if crops:
+        data["training crops"] = crops
     if split.left_out:
         data["left out"] = f"{len(split.left_out)} copies (--drop-duplicates; split.json says why)"
     return report_page.write_run_report(run_dir, best, data, validation, test, classifier, data_check,

@@ -5,8 +5,16 @@ import argparse
 from effnet.command_line import ArgumentParser, parse_bool, parse_variant
 from effnet.data.split import DEFAULT_VAL_RATE
 from effnet.run_files import RUNS_DIR
-from effnet.training.settings import (ADAMW_LR, AUTO_AUGMENT_NAMES, BEST_METRICS, DEFAULT_DATA_PATH, EMA_DECAY, PRESETS,
-                                      TUTORIAL, WEIGHT_DECAY)
+from effnet.training.settings import (
+    ADAMW_LR,
+    AUTO_AUGMENT_NAMES,
+    BEST_METRICS,
+    DEFAULT_DATA_PATH,
+    EMA_DECAY,
+    PRESETS,
+    TUTORIAL,
+    WEIGHT_DECAY,
+)
 from effnet.variants import IMAGENET
 
 DESCRIPTION = f"""Train EfficientNet on a folder of photos with one sub-folder per class (by default the flower
@@ -16,7 +24,7 @@ photos).
     python train.py --data-path my_photos                 # your own photos, one folder per class
     python train.py --data-path my_photos --model b3 --epochs 10
     python train.py --data-path my_photos --weights none  # from scratch: no download needed
-    python train.py --data-path my_photos --recipe fast   # AdamW, small crops first: sooner there
+    python train.py --data-path my_photos --recipe fast   # AdamW, small crops first: for a CPU
     python train.py --resume runs/20261128-101500-b0      # continue a run that stopped
     python train.py --data-path my_photos --check-data    # only look for copies among the photos
     torchrun --nproc_per_node=4 train.py --data-path my_photos   # one process per GPU
@@ -87,7 +95,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     modern, fast = (" ".join(f"{_flag(key)} {value}" for key, value in PRESETS[name].items()) for name in
                     ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
-        help=f"a preset of the flags below: 'modern' is {modern}; 'fast' reaches modern's accuracy sooner: {fast}; "
+        help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains most "
+             f"epochs on smaller crops: {fast} (docs/training.md has its figures); "
              f"flags given explicitly win (default tutorial)")
     add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
         help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")
@@ -147,7 +156,8 @@ def _add_machine_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("hardware and distributed (torchrun)").add_argument
     add("--device", default=None, help="'cuda', 'cuda:1', 'cpu', ... (default: the first CUDA device, else CPU)")
     add("--workers", type=int, default=None,
-        help="data-loading processes (default: min(CPUs this process may use, batch size, 8))")
+        help="data-loading processes (default: min(CPUs this process may use, batch size, 8); 0 on the CPU of a "
+             "machine with 2 cores or fewer, where PyTorch's threads take them all)")
     add("--channels-last", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="NHWC memory layout, faster for convolutions on CPUs and GPUs (default true)")
     add("--amp", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",

@@ -11,8 +11,9 @@ import math
 import os
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from effnet.command_line import UsageError
 from effnet.variants import VARIANTS, image_settings
@@ -33,7 +34,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
     "tutorial": {},
     "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2},
     # modern's optimizer, to a good model in less time: small crops first, a one-cycle schedule (docs/benchmarks.md)
-    "fast": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 1, "lr_schedule": "onecycle", "progressive_resizing": 0.5},
+    "fast": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 1, "lr_schedule": "onecycle", "progressive_resizing": 0.4},
 }
 WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}  # the tutorial's for SGD; the usual decoupled decay for AdamW
 ADAMW_LR = 0.001  # --lr's default with --opt adamw (0.01, the tutorial's SGD rate, is far too high for Adam)
