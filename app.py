@@ -9,10 +9,9 @@ import socket
 import sys
 from typing import Any
 
-from effnet.command_line import UsageError, report
-from effnet.run_files import newest_checkpoint
-from effnet.command_line import ArgumentParser
+from effnet.command_line import ArgumentParser, UsageError, report
 from effnet.model_flags import add_model_flags, add_precision_flag, classifier_from_flags
+from effnet.run_files import newest_checkpoint
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MiB = 2**20

@@ -6,17 +6,23 @@ import os
 import sys
 from pathlib import Path
 
-from effnet.command_line import UsageError, one_line, report
-from effnet.reports.scoring import DEFAULT_TOP_K, RESULT_FILES, Evaluation, describe, evaluate_images, write_files
 from effnet.atomic_files import write_json
+from effnet.command_line import ArgumentParser, UsageError, one_line, report
 from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders
+from effnet.data.duplicates import copies_of_training_photos
 from effnet.data.images import IMAGE_EXTENSIONS
-from effnet.command_line import ArgumentParser
 from effnet.inference.classifier import Classifier, NonFiniteOutputError, model_files, weights_or_newest
 from effnet.model_flags import add_model_flags, add_precision_flag, classifier_from_flags
-from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
-    generator_field, marked_at_start
-from effnet.data.duplicates import copies_of_training_photos
+from effnet.output_paths import (
+    OutputKind,
+    RunInputs,
+    check_distinct,
+    check_file_target,
+    check_folder_target,
+    generator_field,
+    marked_at_start,
+)
+from effnet.reports.scoring import DEFAULT_TOP_K, RESULT_FILES, Evaluation, describe, evaluate_images, write_files
 
 PROGRAM = "evaluate.py"
 RECORD = "evaluated.json"  # in the output folder: which DIR and weights its results are of

@@ -7,15 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from effnet.command_line import UsageError, report
+from effnet.command_line import ArgumentParser, UsageError, report
 from effnet.data.images import images_under, is_image_name
 from effnet.inference.classifier import model_files, newest_checkpoint
 from effnet.inference.export_format import EXPORT_FORMAT, EXPORTED_SUFFIXES, FORMATS, OPSET
-from effnet.output_paths import OutputKind, RunInputs, check_file_target, file_identity, marked_at_end
-from effnet.variants import variant_name
-from effnet.command_line import ArgumentParser
 from effnet.inference.int8 import DEFAULT_MIN_AGREEMENT, export_int8, run_photos
+from effnet.output_paths import OutputKind, RunInputs, check_file_target, file_identity, marked_at_end
 from effnet.run_files import INT8_SUFFIX, default_output, float_stem, int8_path, is_int8_name
+from effnet.variants import variant_name
 
 CHECK_PHOTOS = 32  # photos of --images used for the check, at most
 MIN_OPSET = 13  # the oldest whose operators the network's export needs everywhere (checked down to it)

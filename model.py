@@ -10,18 +10,28 @@ import functools
 import numbers
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-# Re-exported so that `from model import VARIANTS, MEAN, load_weights, _make_divisible` keeps working.
-from effnet.variants import BASELINE_STAGES, MEAN, STD, VARIANTS, _make_divisible, head_channels, stage_repeats, \
-    variant_name  # noqa: F401
 from effnet.checkpoints import WeightsError, checkpoint_header, is_checkpoint, read_weights_file  # noqa: F401
+
+# Re-exported so that `from model import VARIANTS, MEAN, load_weights, _make_divisible` keeps working.
+from effnet.variants import (  # noqa: F401
+    BASELINE_STAGES,
+    MEAN,
+    STD,
+    VARIANTS,
+    _make_divisible,
+    head_channels,
+    stage_repeats,
+    variant_name,
+)
 from effnet.weights import load_weights  # noqa: F401
 
 
@@ -159,7 +169,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, cnf: InvertedResidualConfig, norm_layer: Callable[[int], nn.Module]) -> None:
         super().__init__()
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         # expand (absent when the expansion ratio is 1)
         if cnf.expanded_channels != cnf.in_channels:
             layers["expand_conv"] = ConvBNActivation(cnf.in_channels, cnf.expanded_channels, 1,
@@ -212,7 +222,7 @@ class EfficientNet(nn.Module):
         configs = block_configs(width_coefficient, depth_coefficient, drop_connect_rate)
         head_width = head_channels(width_coefficient)
 
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["stem_conv"] = ConvBNActivation(3, configs[0].in_channels, 3, stride=2, norm_layer=norm_layer)
         for cnf in configs:
             layers[cnf.name] = InvertedResidual(cnf, norm_layer)

@@ -9,7 +9,7 @@ random draws come from its own seed (EpochSampler), so a resumed run sees the sa
 """
 import math
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image

@@ -6,20 +6,30 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Iterable, Iterator, Sequence
+from typing import IO, Any
 
 from effnet.command_line import ArgumentParser, UsageError, exit_now, interrupts_deferred, one_line, printable, report
 from effnet.data.images import images_under, is_image_name
+
 # Re-exported for notebooks and scripts written against earlier versions of this file.
-from effnet.inference.classifier import (Classifier, NonFiniteOutputError, Prediction, Scored,  # noqa: F401
-                                         classify, model_files, weights_or_newest)
+from effnet.inference.classifier import (  # noqa: F401
+    Classifier,
+    NonFiniteOutputError,
+    Prediction,
+    Scored,
+    classify,
+    model_files,
+    weights_or_newest,
+)
 from effnet.inference.runtimes import PRECISIONS
 from effnet.model_flags import add_model_flags, add_precision_flag, classifier_from_flags
-from effnet.output_paths import (OutputKind, RunInputs, check_file_target, file_identity,  # noqa: F401 (re-exported)
-                                 header_matches)
-from effnet.run_files import RUNS_DIR as DEFAULT_RUNS_DIR, newest_checkpoint  # noqa: F401 (re-exported)
+from effnet.output_paths import OutputKind, RunInputs, check_file_target, file_identity, header_matches  # noqa: F401 (re-exported)
+from effnet.run_files import RUNS_DIR as DEFAULT_RUNS_DIR
+from effnet.run_files import newest_checkpoint  # noqa: F401 (re-exported)
+
 
 def expand_inputs(arguments: Sequence[str]) -> Iterator[str | Scored]:
     """Files, folders (searched recursively for images) and globs, in order, as paths; an argument that
@@ -129,8 +139,8 @@ def write_figures(classifier: Classifier, result: Prediction, args: argparse.Nam
         view, cam, _ = classifier.grad_cam(result.source)
         cam_path = figure_path(args.save or os.path.join(args.cam_dir, ""), result.source, position, "_cam",
                                stem_shared)
-        figures().prediction_figure(view, title, result.ranked, target(cam_path, "--save" if args.save else "--cam-dir"),
-                                  cam=cam)
+        cam_target = target(cam_path, "--save" if args.save else "--cam-dir")
+        figures().prediction_figure(view, title, result.ranked, cam_target, cam=cam)
     if args.save or args.show:
         if view is None:
             view = classifier.preprocessing.load_view(result.source)

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.duplicate_detection import TRANSFORMS
+from effnet.data.class_folders import scan_class_folders
 from effnet.data.duplicates import check_images, close_pairs
 from effnet.data.flower_photos import FLOWER_SAMPLE
-from effnet.data.class_folders import scan_class_folders
 from effnet.data.images import open_image, to_rgb
 
 COPIES = 9

@@ -25,9 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -254,11 +254,11 @@ def prepare(workdir: Path, weights: str | None, photos: Sequence[str]) -> Setup:
     import torch
 
     import model as M
-    from tests.harness import write_random_run
-    from effnet.run_files import default_output
-    from effnet.inference.onnx_conversion import export_checkpoint
     from effnet.checkpoints import read_weights_file
+    from effnet.inference.onnx_conversion import export_checkpoint
+    from effnet.run_files import default_output
     from effnet.weights import torchvision_key_map
+    from tests.harness import write_random_run
 
     run = workdir / "run"
     run.mkdir()

@@ -19,15 +19,15 @@ import argparse
 import io
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from effnet.data.class_folders import scan_class_folders
 from effnet.data.duplicates import NEAR_BITS, close_pairs, dct_hash, difference_hash, fingerprint
 from effnet.data.flower_photos import FLOWER_SAMPLE
-from effnet.data.class_folders import scan_class_folders
 from effnet.data.images import open_image, to_rgb
 
 LIMITS = (8, 10, 12, 14, 16, 18, 20)

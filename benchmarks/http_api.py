@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from effnet.inference.classifier import Classifier
 from effnet.hardware import keep_freed_memory_for_reuse
+from effnet.inference.classifier import Classifier
 from tests.harness import AppServer, write_random_run
 
 CLIENTS = (1, 8)

@@ -27,13 +27,12 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import deployment
-from effnet.inference import exported_backends
-from effnet.inference.runtimes import is_installed
 from benchmarks.deployment import Comparison
-from effnet.inference import int8
-from effnet.inference.session_cache import cpu_identity
 from effnet.data.class_folders import scan_class_folders
 from effnet.data.flower_photos import FLOWER_SAMPLE
+from effnet.inference import exported_backends, int8
+from effnet.inference.runtimes import is_installed
+from effnet.inference.session_cache import cpu_identity
 
 INSTRUCTIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
                 "asimddp", "i8mm")  # what decides the speed of INT8 and float32 kernels

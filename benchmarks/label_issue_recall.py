@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from effnet.data.flower_photos import FLOWER_SAMPLE
 from effnet.data.class_folders import scan_class_folders
+from effnet.data.flower_photos import FLOWER_SAMPLE
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ of a training step is the growth of resident memory during one step in a fresh p
 rounds, on the CPU, and the CUDA allocator's peak on a GPU.
 """
 import argparse
+import functools
 import glob
 import multiprocessing
 import os
@@ -23,9 +24,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,14 +36,14 @@ from PIL import Image
 from torch import nn
 
 import model as M
-from effnet.training import recipe
 from effnet.data.flower_photos import FLOWER_SAMPLE
+from effnet.hardware import keep_freed_memory_for_reuse
 from effnet.inference.classifier import Classifier, weights_or_newest
+from effnet.training import recipe
 from effnet.training.steps import StepSettings, train_mode
 from my_dataset import MyDataSet, crop_decode_size, eval_transform, train_transform
-from utils import train_step
-from effnet.hardware import keep_freed_memory_for_reuse
 from tests.harness import make_large_jpeg
+from utils import train_step
 
 SECTIONS = ("inference", "training", "memory", "data", "agreement", "deployment", "api")
 
@@ -66,6 +67,14 @@ class Row:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def repeated(function: Callable[[], object], times: int) -> Callable[[], None]:
+    """One timing of `times` calls of `function` (batch 1 is timed over several calls for a steadier figure)."""
+    def run() -> None:
+        for _ in range(times):
+            function()
+    return run
 
 
 def alternate(functions: dict[str, tuple[Callable[[], None], bool]], rounds: int,
@@ -113,15 +122,15 @@ def inference_rows(variant: str, device: torch.device, rounds: int) -> list[Row]
         reference_x = x.to(device)
         x = x.to(device, memory_format=torch.channels_last)  # on the device already, as reference_x is
 
-        def run_reference() -> None:
+        def run_reference(inputs: torch.Tensor = reference_x) -> None:
             with torch.no_grad():
-                reference(reference_x)
+                reference(inputs)
 
         calls = max(1, 8 // batch)  # several calls per timing at batch 1 for a steadier figure
-        seconds = alternate({"reference": (lambda: [run_reference() for _ in range(calls)], False),
-                             "reference, allocator": (lambda: [run_reference() for _ in range(calls)], True),
-                             "float32": (lambda: [float32.probabilities(x) for _ in range(calls)], True),
-                             "bfloat16": (lambda: [bfloat16.probabilities(x) for _ in range(calls)], True)},
+        seconds = alternate({"reference": (repeated(run_reference, calls), False),
+                             "reference, allocator": (repeated(run_reference, calls), True),
+                             "float32": (repeated(functools.partial(float32.probabilities, x), calls), True),
+                             "bfloat16": (repeated(functools.partial(bfloat16.probabilities, x), calls), True)},
                             rounds, device)
         per_second = {name: batch * calls / value for name, value in seconds.items()}
         reference_speed = per_second["reference"]
@@ -183,7 +192,7 @@ def training_rows(variant: str, device: torch.device, rounds: int, batch: int = 
                           (True, "head only (--freeze-layers true)")):
         setups = {name: training_setup(name, variant, device, frozen=frozen) for name in contenders(device)}
 
-        def step(name: str) -> Callable[[], None]:
+        def step(name: str, setups: dict = setups) -> Callable[[], None]:
             model, optimizer, settings = setups[name]
             x, y = settings.to_device(images, labels)
             return lambda: train_step(model, optimizer, loss_function, x, y, settings)
@@ -293,12 +302,13 @@ def data_rows(photos: list[str], rounds: int) -> list[Row]:
         for label, paths in ((f"small photos ({len(photos)} flower JPEGs)", photos),
                              (f"large JPEGs ({len(large)} x {megapixels:.1f} MP)", large)):
             for stage, reference, ours in (("train", tutorial_train, ours_train), ("eval", tutorial_eval, ours_eval)):
-                def run_reference(transform=reference) -> None:
+                def run_reference(transform=reference, paths=paths) -> None:
                     for path in paths:
                         with Image.open(path) as image:  # the tutorial's dataset: RGB photos as opened
                             transform(image if image.mode == "RGB" else image.convert("RGB"))
 
-                def run_ours(dataset=ours) -> None:  # MyDataSet's decoding (reduced for large JPEGs), then the same
+                # MyDataSet's decoding (reduced for large JPEGs), then the same transform
+                def run_ours(dataset=ours, paths=paths) -> None:
                     dataset.images_path, dataset.images_class = paths, [0] * len(paths)
                     for index in range(len(paths)):
                         dataset[(index, index)]

@@ -2,7 +2,8 @@
 
     python -m benchmarks.training_recipes ablation  --seeds 0 1      # which options help: one run per combination
     python -m benchmarks.training_recipes recipes   --seeds 1 2      # --recipe tutorial against --recipe modern
-    python -m benchmarks.training_recipes imbalance --seeds 0 1      # one class cut to a fifth: with and without class weights
+    python -m benchmarks.training_recipes imbalance --seeds 0 1      # one class cut to a fifth, with and without
+                                                                     # class weights
 
 Every run is its own `python train.py ...` process, as a user would start it, one after another and
 single-threaded (--threads); all train
@@ -23,16 +24,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from effnet.reports import metrics
-from effnet.reports.scoring import evaluate_images
 from effnet.data.flower_photos import FLOWER_SAMPLE
 from effnet.data.images import is_image_name
 from effnet.inference.classifier import Classifier
+from effnet.reports import metrics
+from effnet.reports.scoring import evaluate_images
 
 REPO = Path(__file__).resolve().parents[1]
 

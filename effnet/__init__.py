@@ -55,3 +55,5 @@ the top but `model`, the network, and training imports nothing from inference.
         label_issues.py     the labels a trained model doubts most
         run_review.py       after a run's last epoch: best.onnx, the review of best.pth, report.html
 """
+
+__version__ = "0.4.0"  # pyproject.toml reads it; the fourth round of the project

@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 
 def _current_umask() -> int:

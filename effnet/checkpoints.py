@@ -4,8 +4,9 @@ their checks, so that a hand-edited or damaged file is one clear error."""
 import os
 import pickle
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -9,7 +9,8 @@ import signal
 import sys
 import textwrap
 import threading
-from typing import Any, Iterator, NoReturn
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from effnet.variants import variant_name
 

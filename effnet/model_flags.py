@@ -1,13 +1,13 @@
 """The flags predict.py, evaluate.py and app.py share to choose a model and what runs it (--weights, --backend,
 --model, --class-indices, --device, --tta, --precision), and the Classifier they ask for."""
 import argparse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from effnet.inference.classifier import Classifier
 from effnet.inference.runtimes import BACKENDS
 from effnet.run_files import RUNS_DIR
 from effnet.variants import variant_name
-
 
 Flags = argparse.ArgumentParser | argparse._ArgumentGroup  # a parser, or one of its --help groups
 

@@ -26,9 +26,9 @@ matplotlib.
 """
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from effnet.command_line import UsageError
 from effnet.data.images import is_image_name

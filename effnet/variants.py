@@ -5,9 +5,10 @@ read these numbers, and the last two must start without importing torch.
 """
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet RGB mean and std, used by every variant's weights
 STD = (0.229, 0.224, 0.225)

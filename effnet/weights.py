@@ -8,15 +8,24 @@ checkpoint fields: checkpoints.py.
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from effnet.checkpoints import WeightsError, checkpoint_header, is_checkpoint, read_weights_file
 from effnet.download import DownloadError, download_file
-from effnet.variants import BASELINE_STAGES, TUTORIAL_BN_EPS, VARIANTS, _make_divisible, head_channels, \
-    is_imagenet, stage_repeats, variant_name
+from effnet.variants import (
+    BASELINE_STAGES,
+    TUTORIAL_BN_EPS,
+    VARIANTS,
+    _make_divisible,
+    head_channels,
+    is_imagenet,
+    stage_repeats,
+    variant_name,
+)
 
 WEIGHTS_BASE_URL = "https://download.pytorch.org/models/"
 WEIGHTS_MIRROR_ENV = "EFFICIENTNET_WEIGHTS_MIRROR"  # set to a base URL (or file:// folder) to fetch elsewhere

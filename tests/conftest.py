@@ -6,14 +6,30 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import pytest
-import torch
-from torch import nn
+# Before PyTorch loads its OpenMP runtime (this process's, and the train.py and predict.py processes the tests
+# start, which inherit it): a thread that waits for work sleeps instead of spinning. With spinning threads, every
+# test process and subprocess keeps each core busy, and on a machine running other jobs they slow each other
+# several-fold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The suite runs in several processes (pytest-xdist, `-n auto` in pyproject.toml): each gets its share of the
+# CPUs as PyTorch threads, so that N workers do not start N x cores threads (OMP_NUM_THREADS given wins).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
-from effnet.data.flower_photos import FLOWER_SAMPLE
+import pytest  # noqa: E402  (after the environment is set)
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from effnet.data.flower_photos import FLOWER_SAMPLE  # noqa: E402
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one test process per usable CPU, at most 4 (each holds its own trained runs and models)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -129,8 +145,9 @@ TRAINED_RUN_IMAGES_PER_CLASS = 60
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder of train.py that has learned: 8 epochs from scratch on three visibly different classes."""
-    import train
     from imagegen import make_class_folders
+
+    import train
 
     root = tmp_path_factory.mktemp("trained")
     data = make_class_folders(root / "data", per_class=TRAINED_RUN_IMAGES_PER_CLASS)

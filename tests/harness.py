@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 import numpy as np
@@ -96,9 +96,9 @@ def write_random_run(folder: Path, variant: str = "b0", photos: Sequence[str] = 
 
     import model as M
     from effnet.atomic_files import save_checkpoint
+    from effnet.checkpoints import checkpoint_fields
     from effnet.data.images import Preprocessing
     from effnet.inference.onnx_conversion import export_checkpoint
-    from effnet.checkpoints import checkpoint_fields
     from effnet.run_files import BEST_CHECKPOINT
     from effnet.variants import image_settings
 

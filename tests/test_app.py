@@ -7,17 +7,17 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 from fastapi import HTTPException
+from harness import AppServer
 from PIL import Image
 
 import app
-from harness import AppServer
 from effnet.inference.classifier import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,7 +301,8 @@ def test_startup_problems_are_one_line_errors(tmp_path, monkeypatch, capsys, tra
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        cases = {("--port", str(port), "--weights", str(trained_run / "best.pth")): f"cannot listen on 127.0.0.1:{port}",
+        weights = str(trained_run / "best.pth")
+        cases = {("--port", str(port), "--weights", weights): f"cannot listen on 127.0.0.1:{port}",
                  ("--port", "0"): "no trained checkpoint found",
                  ("--port", "0", "--weights", "missing.pth"): "missing.pth does not exist",
                  ("--top-k", "0"): "--top-k must be at least 1",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import load
+
 from effnet import atomic_files
 from effnet.reports import figures
 

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_agreement_section_compares_bfloat16_with_float32_on_the_torch_backend(trained_run: Path):
     # the run has a best.onnx beside best.pth, which predict.py's default would pick: the section must not
     assert (trained_run / "best.onnx").is_file()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train_args
 from PIL import Image
 
 import train
-from conftest import train_args
 from effnet.inference import int8
 from effnet.reports.chance import clearly_above_chance, guessing_interval, learned_nothing, one_answer
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from conftest import train_args
+from imagegen import class_image, jpeg_bytes, make_class_folders
 from PIL import Image
 
 import train
-from conftest import train_args
 from effnet.data.images import open_image, to_rgb
 from effnet.data.sampling import EpochSampler, LastBatchMerged
 from effnet.data.split import DataSplit, split_class_folders
-from imagegen import class_image, jpeg_bytes, make_class_folders
 from model import MEAN, STD
 from my_dataset import MyDataSet, crop_decode_size, eval_transform, train_transform
 
@@ -250,7 +250,8 @@ def test_numpy_normalisation_gives_torchvisions_bits(size):
 
 def test_epoch_sampler_repeats_an_epoch_exactly_and_its_shards_cover_each_item_once():
     for weights in (None, [1.0 + i for i in range(11)]):
-        def pairs(seed: int, epoch: int, rank: int = 0, replicas: int = 1, pad: bool = True) -> list:
+        def pairs(seed: int, epoch: int, rank: int = 0, replicas: int = 1, pad: bool = True,
+                  weights: list | None = weights) -> list:
             sampler = EpochSampler(11, True, seed, rank, replicas, pad, weights)
             sampler.set_epoch(epoch)
             return list(sampler)
@@ -268,7 +269,8 @@ def test_epoch_sampler_repeats_an_epoch_exactly_and_its_shards_cover_each_item_o
 def test_epoch_sampler_length_is_what_it_yields():
     for size, replicas, pad, balanced in itertools.product([0, 1, 2, 7, 33], [1, 3, 8], [True, False], [False, True]):
         for rank in range(replicas):
-            sampler = EpochSampler(size, True, 3, rank, replicas, pad, [1.0 + i for i in range(size)] if balanced else None)
+            weights = [1.0 + i for i in range(size)] if balanced else None
+            sampler = EpochSampler(size, True, 3, rank, replicas, pad, weights)
             assert len(sampler) == len(list(sampler)), (size, replicas, pad, balanced, rank)
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import model as M
 from conftest import train_args
 from imagegen import make_class_folders
+
+import model as M
 from my_dataset import MyDataSet, eval_transform
 from utils import StepSettings, evaluate_epoch
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # torchrun starts two training processes per test: the slower suite
 
 
 def torchrun(*args: str, script: str = "train.py", timeout: float = 300) -> subprocess.CompletedProcess:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FLOWER_SAMPLE, fails_with, train_args
 from PIL import Image
 
 import evaluate
 import train
-from effnet.data.split import DataSplit
-from conftest import FLOWER_SAMPLE, fails_with, train_args
 from effnet.data import duplicates
 from effnet.data.duplicates import check_images, close_pairs, saved_fingerprints
+from effnet.data.split import DataSplit
 
 PER_CLASS = 8  # photos of each class in the small copy of the flower sample
 
@@ -221,10 +221,10 @@ def test_unreadable_photos_are_counted_as_often_as_they_are_warned_about(tmp_pat
     assert "data check of 17 images" in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_as_the_check_ends_is_one_line_and_status_130(flower_sample):
     """Ctrl-C once the check has printed its last line, while the interpreter tears down (PyTorch's finalizers run
     in atexit callbacks): pressed there for certain by an atexit callback of the test's, which runs last."""
-    import signal
     import subprocess
     import sys
 

@@ -12,19 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_predict import json_lines, val_images
 
 import export
-from effnet.inference.classifier import Classifier, UsageError
 import model as M
-from effnet.inference import exported_backends
-from effnet.inference.export_format import is_exported_from
-from effnet.inference import runtimes
-from effnet.inference.runtimes import is_installed
-from effnet.inference import onnx_conversion
 import predict
 from effnet.data.images import images_under
+from effnet.inference import exported_backends, onnx_conversion, runtimes
+from effnet.inference.classifier import Classifier, UsageError
+from effnet.inference.export_format import is_exported_from
+from effnet.inference.runtimes import is_installed
 from my_dataset import MyDataSet, eval_transform
-from test_predict import json_lines, val_images
 
 REPO = Path(__file__).resolve().parents[1]
 openvino_only = pytest.mark.skipif(not is_installed("openvino"), reason="openvino is not installed")
@@ -134,7 +132,7 @@ def test_openvino_format(trained_run, tmp_path, capsys):
 
 
 def test_onnx_preprocessing_and_answers_equal_torch_on_every_flower_photo(trained_run, flower_sample):
-    """The trained colour model, on real photos: the same tensors as validation during training, and the same answers."""
+    """The trained colour model, on real photos: the same tensors as validation during training, the same answers."""
     photos = list(images_under(flower_sample))
     assert len(photos) == 150
     fast = Classifier.from_weights(trained_run / "best.pth")
@@ -377,7 +375,8 @@ def test_export_refuses_impossible_opsets_and_folders_and_says_when_no_photo_cou
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.jpg").write_bytes(b"not a photo")
-    assert export.main([str(trained_run / "best.pth"), "--output", str(tmp_path / "x.onnx"), "--images", str(junk)]) == 0
+    output = str(tmp_path / "x.onnx")
+    assert export.main([str(trained_run / "best.pth"), "--output", output, "--images", str(junk)]) == 0
     out, err = capsys.readouterr()
     assert "on 4 synthetic images" in out
     assert err == "warning: none of the 1 --images could be read, so the check used synthetic images\n"

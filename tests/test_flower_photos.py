@@ -6,16 +6,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import fails_with
+from imagegen import make_class_folders
 
 import train
-from effnet.training.flags import build_parser
-from conftest import fails_with
 from effnet import command_line
-from effnet.command_line import UsageError
 from effnet import weights as W
+from effnet.command_line import UsageError
 from effnet.data import flower_photos
 from effnet.download import download_file, sha256_of
-from imagegen import make_class_folders
+from effnet.training.flags import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,8 +82,9 @@ def _archive(path: Path, members: dict[str, bytes], links: dict[str, str] | None
 
 def test_flower_archive_downloads_verifies_and_extracts(http_server, tmp_path, monkeypatch):
     base_url, served = http_server
-    from imagegen import class_image, jpeg_bytes
     import random
+
+    from imagegen import class_image, jpeg_bytes
 
     photo = jpeg_bytes(class_image((200, 40, 40), random.Random(0)))
     archive = _archive(served / "flower_photos.tgz", {"flower_photos/LICENSE.txt": b"CC-BY",

@@ -8,6 +8,7 @@ from PIL import Image, ImageFile
 from effnet.data import images
 from my_dataset import MyDataSet, crop_decode_size, eval_transform, train_transform
 
+
 def float_tiff(path: Path, high: float = 1.0) -> Path:
     """A 32-bit float grayscale TIFF: a left-to-right ramp from 0 to `high`."""
     Image.fromarray(np.tile(np.linspace(0, high, 96, dtype=np.float32), (80, 1))).save(path)

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from test_export import fails_with
+from test_predict import json_lines, val_images
 
 import evaluate
 import export
-from effnet.inference.classifier import Classifier
-from effnet.model_flags import classifier_from_flags
-from effnet.inference.export_format import EXPORT_FORMAT
-from effnet.inference import onnx_conversion
 import predict
-from effnet.inference import int8
-from test_export import fails_with
-from test_predict import json_lines, val_images
+from effnet.inference import int8, onnx_conversion
+from effnet.inference.classifier import Classifier
+from effnet.inference.export_format import EXPORT_FORMAT
+from effnet.model_flags import classifier_from_flags
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 image once across processes, unreadable ones not at all), a loss that diverges stops at once."""
 import pytest
 import torch
+from imagegen import make_class_folders
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 import utils
 from effnet.data.sampling import EpochSampler
 from effnet.training.steps import NonFiniteLossError
-from imagegen import make_class_folders
 from my_dataset import MyDataSet, eval_transform, train_transform
 
 

@@ -11,7 +11,8 @@ def test_per_class_scores_equal_a_hand_count():
     rows = {row["class"]: row for row in metrics.class_rows(["a", "b", "c"], CONFUSION)}
     assert rows["a"] == {"class": "a", "precision": 1.0, "recall": 0.75, "f1": pytest.approx(6 / 7, abs=1e-6),
                          "support": 4}
-    assert (rows["b"]["precision"], rows["b"]["recall"]) == (pytest.approx(2 / 3, abs=1e-6), pytest.approx(2 / 3, abs=1e-6))
+    two_thirds = pytest.approx(2 / 3, abs=1e-6)
+    assert (rows["b"]["precision"], rows["b"]["recall"]) == (two_thirds, two_thirds)
     assert rows["c"] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 
 
@@ -21,7 +22,8 @@ def test_averages():
     assert totals["macro_f1"] == pytest.approx((6 / 7 + 2 / 3 + 0) / 3)  # c was predicted, so it counts
     assert totals["weighted_recall"] == pytest.approx((0.75 * 4 + 2 / 3 * 3) / 7)
     assert metrics.macro_f1(CONFUSION) == pytest.approx(totals["macro_f1"])
-    assert metrics.macro_f1([[2, 0, 0], [0, 3, 0], [0, 0, 0]]) == 1.0  # a class with no images nor predictions is left out
+    # a class with no images nor predictions is left out
+    assert metrics.macro_f1([[2, 0, 0], [0, 3, 0], [0, 0, 0]]) == 1.0
 
 
 def test_text_table_has_every_class_and_both_averages():

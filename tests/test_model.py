@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import randomize_
 
 import model as M
 from effnet import checkpoints
 from effnet import weights as W
-from effnet.variants import Variant
-from effnet.inference.torch_backend import fuse_batchnorm
-from conftest import randomize_
 from effnet.download import sha256_of
+from effnet.inference.torch_backend import fuse_batchnorm
+from effnet.variants import Variant
 
 GOLDEN_B0_KEYS = Path(__file__).parent / "data" / "tutorial_b0_state_dict.json"
 
@@ -109,7 +109,9 @@ def test_stochastic_depth_acts_on_the_residual_branch_only():
         assert torch.allclose(block(x), x + branch, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", list(M.VARIANTS))
+# b5-b7 take 1.5-3 s each on a 2-core CPU: the slower suite checks them
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.slow) if v in ("b5", "b6", "b7") else v
+                                     for v in M.VARIANTS])
 def test_outputs_equal_torchvision_with_random_weights(variant):
     reference = torchvision_model(variant)
     ours = M.create_model(variant).eval()
@@ -387,6 +389,7 @@ def test_torchscript_matches_eager():
         assert torch.allclose(scripted.forward_features(x), model.forward_features(x), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     model = randomize_(tiny_model()).eval()
     compiled = torch.compile(model, fullgraph=True)
@@ -470,7 +473,8 @@ def test_the_documented_variant_table_matches_the_model_table():
     page = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
     for variant, spec in M.VARIANTS.items():
         row = f"| {variant} | `efficientnet_{variant}` | {spec.num_params:,} | {spec.train_size} | " \
-              f"{spec.eval_resize} / {spec.eval_crop} {spec.interpolation} | {spec.imagenet_top1:.3f} | {spec.bn_eps:g} |"
+              f"{spec.eval_resize} / {spec.eval_crop} {spec.interpolation} | {spec.imagenet_top1:.3f} | " \
+              f"{spec.bn_eps:g} |"
         assert row in page, row
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "quickstart.ipynb"
 
@@ -41,12 +43,14 @@ def test_the_notebook_is_kept_without_outputs():
 
 def test_the_notebook_uses_what_the_readme_shows():
     source = "".join("".join(cell["source"]) for cell in cells())
-    for call in ("from model import efficientnet_b0", "model_from_checkpoint(best)", ".load_state_dict(torch.load(best))",
-                 "classify(", "plot_data_loader_image(", "grad_cam(", "prediction_figure("):
+    for call in ("from model import efficientnet_b0", "model_from_checkpoint(best)",
+                 ".load_state_dict(torch.load(best))", "classify(", "plot_data_loader_image(", "grad_cam(",
+                 "prediction_figure("):
         assert call in source, call
     assert "%" not in "".join(line[:1] for cell in cells() for line in cell["source"])  # no magics: plain Python
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_headless_on_the_cpu(tmp_path):
     folder, temporary = tmp_path / "elsewhere", tmp_path / "tmp"
     folder.mkdir()

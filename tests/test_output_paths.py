@@ -5,8 +5,16 @@ from pathlib import Path
 import pytest
 
 from effnet.command_line import UsageError
-from effnet.output_paths import OutputKind, RunInputs, check_distinct, check_file_target, check_folder_target, \
-    header_matches, marked_at_end, marked_at_start
+from effnet.output_paths import (
+    OutputKind,
+    RunInputs,
+    check_distinct,
+    check_file_target,
+    check_folder_target,
+    header_matches,
+    marked_at_end,
+    marked_at_start,
+)
 
 TABLE = OutputKind("a table of ours", header_matches(r"image(,class_\d+)+,error"))
 
@@ -139,7 +147,8 @@ def test_models_and_pictures_elsewhere_are_never_replaced_by_other_outputs(tmp_p
         assert "is a model file" in refused(tmp_path / name, RunInputs(), overwrite)
     for name in ("o8.jpg", "photo.dat", "bmp.txt"):
         message = refused(tmp_path / name, RunInputs(), overwrite)
-        assert "exists and is not a table of ours: it is a picture" in message and "not even with --overwrite" in message
+        assert "exists and is not a table of ours: it is a picture" in message
+        assert "not even with --overwrite" in message
     exporter = OutputKind("an export of ours", lambda path: False, model=True)
     figure = OutputKind("a figure of ours", None, picture=True)
     if overwrite:  # an export may replace an export, a figure a picture, anything else a text file: when told

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 import model as M
+import predict
 from effnet import weights as W
 from effnet.inference.class_names import imagenet_class_names
-import predict
 from my_dataset import MyDataSet, eval_transform
 from utils import StepSettings, evaluate_epoch
 
@@ -216,8 +216,9 @@ def test_torchvision_layout_state_dict(trained_run, tmp_path, capsys):
 
 
 def test_imagenet_weights_use_imagenet_class_names(tmp_path, monkeypatch, capsys):
-    from effnet.download import sha256_of
     from dataclasses import replace
+
+    from effnet.download import sha256_of
 
     payload = tmp_path / "mirror" / "w.pth"
     payload.parent.mkdir()

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_usage_error
 from PIL import Image
 
 import app
 import evaluate
-from effnet.reports import figures
 import model as M
 import predict
-from conftest import assert_usage_error
+from effnet.reports import figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,7 +168,8 @@ def test_file_only_figures_leave_the_window_backend_to_show(tmp_path):
     # a Grad-CAM map written before the --show figure must not lock matplotlib into drawing to files only
     code = ("import sys, numpy as np; from PIL import Image; import matplotlib; from effnet.reports import figures\n"
             "view = Image.new('RGB', (32, 32))\n"
-            f"figures.prediction_figure(view, 'x', [('a', 0.6)], {str(tmp_path / 'cam.png')!r}, cam=np.ones((32, 32)))\n"
+            f"figures.prediction_figure(view, 'x', [('a', 0.6)], {str(tmp_path / 'cam.png')!r},"
+            " cam=np.ones((32, 32)))\n"
             "print('matplotlib.pyplot' in sys.modules, matplotlib.get_backend())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "TkAgg"})

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fails_with, load, train_args, training_only_args
+from imagegen import make_class_folders
+from test_train import read_metrics
 
 import model as M
 import predict
 import train
 import utils
-from conftest import fails_with, load, train_args, training_only_args
 from effnet import checkpoints
 from effnet import weights as W
-from imagegen import make_class_folders
-from test_train import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,7 @@ ALL_RECIPE_OPTIONS = ["--opt", "adamw", "--warmup-epochs", "1", "--label-smoothi
                       "--best-metric", "macro_f1", "--lr-schedule", "onecycle", "--progressive-resizing", "0.5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe_flags", [[], ALL_RECIPE_OPTIONS], ids=["tutorial", "every-option"])
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, recipe_flags):
     data = make_class_folders(tmp_path / "data", per_class=8)
@@ -92,6 +93,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):
     assert not list(run.glob(".*.tmp"))  # no half-written files left behind
 
 
+@pytest.mark.slow
 def test_resume_finds_the_data_from_elsewhere_or_where_it_moved(tmp_path, monkeypatch, capsys):
     real_evaluate = utils.evaluate_epoch
     evaluations = []
@@ -163,6 +165,7 @@ def test_a_damaged_split_json_is_one_clear_line(content, problem, run_copy, caps
                f"--weights {run_copy / 'last.pth'}")
 
 
+@pytest.mark.slow
 def test_a_missing_last_checkpoint_points_to_an_intact_best_one_that_resumes(tmp_path, monkeypatch, capsys):
     real_evaluate = utils.evaluate_epoch
     calls = []
@@ -235,9 +238,10 @@ def test_hand_edited_training_fields_are_one_clear_line(run_copy, capsys):
 
 
 def test_a_random_bytes_checkpoint_is_one_line_everywhere_without_pytorchs_warning(tmp_path, capsys):
+    import warnings
+
     import app
     import export
-    import warnings
 
     stray = tmp_path / "downloads" / "last.pth"
     stray.parent.mkdir()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from imagegen import make_class_folders
 
 import train
 from effnet.data.images import Preprocessing
 from effnet.inference.classifier import Classifier
-from imagegen import make_class_folders
 
 BEFORE = Path(__file__).parent / "data" / "checkpoints_before_the_package_move.json"
 

@@ -10,10 +10,9 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-
-from effnet.inference import exported_backends
-from effnet.inference import session_cache
 from test_predict import val_images
+
+from effnet.inference import exported_backends, session_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

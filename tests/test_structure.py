@@ -141,7 +141,8 @@ def test_every_program_and_benchmark_answers_help(command):
 
 
 def test_the_inference_core_imports_no_torch():
-    code = ("import sys, predict, effnet.inference.classifier, effnet.data.images, effnet.variants, effnet.inference.class_names, effnet.inference.exported_backends, effnet.download; "
+    code = ("import sys, predict, effnet.inference.classifier, effnet.data.images, effnet.variants, "
+            "effnet.inference.class_names, effnet.inference.exported_backends, effnet.download; "
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -153,3 +154,12 @@ def test_the_programs_import_pytorch_and_fastapi_only_once_their_flags_are_read(
             "'matplotlib'); print(sorted(m for m in heavy if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_each_requirement_line_is_one_requirement_as_pyproject_toml_reads_it():
+    """pyproject.toml takes requirements.txt as the project's dependencies, line by line: a comment at the end of
+    a requirement would become part of it (a broken `pip install .`), so comments stand on lines of their own."""
+    from packaging.requirements import Requirement
+
+    lines = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
+    assert {Requirement(line).name for line in lines} >= {"torch", "torchvision", "pytest", "pytest-xdist", "ruff"}

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fails_with, load, train_args, training_only_args
+from imagegen import make_class_folders
 from torch.utils.data import DataLoader
 
 import model as M
 import predict
 import train
-from effnet.training.flags import build_parser
-from effnet.training.settings import settings_from_flags
-from conftest import fails_with, load, train_args, training_only_args
 from effnet import checkpoints, variants
 from effnet.training import recipe
+from effnet.training.flags import build_parser
 from effnet.training.progress import Progress
+from effnet.training.settings import settings_from_flags
 from effnet.training.steps import EpochResult
-from imagegen import make_class_folders
 from my_dataset import MyDataSet, eval_transform
 from utils import StepSettings, evaluate_epoch
 
@@ -118,8 +118,8 @@ def test_frozen_layers_keep_weights_and_batchnorm_statistics(tmp_path):
     assert train.main(args) == 0
     after = load(tmp_path / "runs" / "frozen" / "last.pth")["model"]
     before = start.state_dict()
-    for key in ("features.stem_conv.0.weight", "features.stem_conv.1.running_mean", "features.4b.block.dwconv.1.running_var",
-                "features.7a.block.project_conv.1.num_batches_tracked"):
+    for key in ("features.stem_conv.0.weight", "features.stem_conv.1.running_mean",
+                "features.4b.block.dwconv.1.running_var", "features.7a.block.project_conv.1.num_batches_tracked"):
         assert torch.equal(before[key], after[key]), key
     assert not torch.equal(before["features.top.1.running_mean"], after["features.top.1.running_mean"])
     assert not torch.equal(before["classifier.1.weight"], after["classifier.1.weight"])
@@ -136,11 +136,11 @@ def test_frozen_layers_on_a_random_backbone_are_warned_about(capsys):
 
 def test_a_last_training_batch_of_one_image_at_32_px_trains(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=6)  # 15 training images: batches of 7, 7 and 1
-    assert train.main(training_only_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "7", "--epochs", "1",
-                                 "--name", "lone")) == 0
+    assert train.main(training_only_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "7",
+                                         "--epochs", "1", "--name", "lone")) == 0
     assert "Traceback" not in capsys.readouterr().err
-    fails_with(train.main, training_only_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "1"), capsys,
-                "--batch-size 1 at --image-size 32")
+    fails_with(train.main, training_only_args(data, tmp_path / "runs", "--image-size", "32", "--batch-size", "1"),
+               capsys, "--batch-size 1 at --image-size 32")
 
 
 def test_an_epoch_that_read_no_image_is_never_the_best():

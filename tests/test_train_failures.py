@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import train
-import utils
 from conftest import fails_with, load, one_error_line, training_only_args
 from imagegen import make_class_folders
 from test_train import read_metrics
+
+import train
+import utils
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +55,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_once_there_is_spac
     assert load(run / "last.pth")["epoch"] == 2 and (run / "confusion_matrix.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_simulated_full_disk_mid_run_keeps_the_checkpoint_and_resumes(tmp_path, monkeypatch, capsys,
                                                                          disk_full_at_fsync):
     real_evaluate = utils.evaluate_epoch
@@ -101,6 +102,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
                                       if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_an_epoch_with_non_finite_validation_outputs_is_never_the_best(tmp_path, monkeypatch, capsys):
     # Early epochs from scratch can overflow in evaluation mode (the BatchNorm statistics lag behind the
     # weights): seen with 32 px images, batch 4, one epoch. Such weights classify nothing.
@@ -126,9 +128,11 @@ def test_an_epoch_with_non_finite_validation_outputs_is_never_the_best(tmp_path,
     assert err.splitlines() == [f"error: no epoch gave finite outputs in evaluation, so {tmp_path / 'runs' / 'never'} "
                                 f"has no best.pth; train for more epochs (the first ones from scratch often overflow) "
                                 f"or lower --lr"]
-    assert (tmp_path / "runs" / "never" / "last.pth").is_file() and not (tmp_path / "runs" / "never" / "best.pth").exists()
+    never = tmp_path / "runs" / "never"
+    assert (never / "last.pth").is_file() and not (never / "best.pth").exists()
 
 
+@pytest.mark.slow
 def test_an_epoch_whose_images_are_gone_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
     data = make_class_folders(tmp_path / "data", per_class=5)
     real_evaluate = utils.evaluate_epoch
@@ -175,6 +179,7 @@ def _loaded(pid: int, library: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc to see what a process loaded")
 @pytest.mark.parametrize("library", ["_multiarray_umath", "libtorch_cpu", "torchvision/_C"])
 def test_a_real_ctrl_c_at_any_moment_of_the_start_is_one_line_and_exit_130(library, tmp_path):

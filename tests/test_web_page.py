@@ -5,7 +5,7 @@ TRACK_WIDTHS = ("cards => cards.map(card => [...card.querySelectorAll('.bar-trac
                 ".map(track => track.getBoundingClientRect().width))")
 
 
-def test_every_card_draws_its_bars_at_the_same_width_with_or_without_grad_cam(server, page, flower_sample):
+def test_every_card_draws_its_bars_at_the_same_width_with_or_without_grad_cam(server, page, flower_sample):  # noqa: F811
     chosen = photos(flower_sample, 3)
     page.goto(server + "/")
     page.set_input_files("#file-input", [str(photo) for photo in chosen])

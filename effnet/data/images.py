@@ -12,8 +12,9 @@ has; small photos take exactly torchvision's path.
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, JpegImagePlugin

@@ -4,7 +4,7 @@ the batches an uninterrupted one would; LastBatchMerged; and `seeded`, which MyD
 augmentation under."""
 import contextlib
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import BatchSampler, Sampler

@@ -4,8 +4,9 @@ split.json and read back when it resumes. No PyTorch here."""
 import os
 import random
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from effnet.command_line import UsageError
 from effnet.data.class_folders import ClassFolders, presplit_folders, scan_class_folders

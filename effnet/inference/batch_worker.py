@@ -2,17 +2,19 @@
 
 A web request brings one photo or a few. Run one at a time, the model works at its batch-1 speed; stacked,
 at its batch-32 speed: with PyTorch on our CPUs about twice as many images per second (docs/benchmarks.md).
-`BatchWorker` takes every image waiting (at most `max_batch`) and runs them in one call: an image that finds
-the model idle runs at once (or after `wait_s`, if set, for company), and under load whatever queued while
-the previous batch ran goes in the next one. It is the only thread that touches the model, so a backend need not be thread-safe; other work on
-the model (Grad-CAM) queues on the same thread through `call`. No PyTorch here: the model is a callable.
+`BatchWorker` takes every image waiting (at most `max_batch`) and runs them in one call: an image that finds the
+model idle runs at once (or after `wait_s`, if set, for company), and under load whatever queued while the previous
+batch ran goes in the next one. It is the only thread that touches the model, so a backend need not be thread-safe;
+other work on the model (Grad-CAM) queues on the same thread through `call`. No PyTorch here: the model is a
+callable.
 """
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -17,23 +17,22 @@ import numbers
 import os
 import sys
 from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from effnet.command_line import UsageError, check_device_name
 from effnet.data.images import Preprocessing
-from effnet.inference import exported_backends
+from effnet.inference import exported_backends, runtimes
 from effnet.inference.class_names import ClassNamesError
 from effnet.inference.export_format import EXPORTED_SUFFIXES, check_precision
-from effnet.inference import runtimes
 from effnet.inference.runtimes import BACKENDS
 from effnet.run_files import default_output, float_stem, int8_path, is_int8_name, newest_checkpoint, related_files
 from effnet.variants import is_imagenet
-
 
 
 class NonFiniteOutputError(RuntimeError):

@@ -4,9 +4,10 @@ read back, and how a stale export is recognised. onnx_conversion.py and int8.py 
 (exported_backends.py) read it. No PyTorch, no ONNX Runtime here."""
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing

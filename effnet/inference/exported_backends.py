@@ -9,15 +9,15 @@ preprocessing (--model). OpenVINO reads the same .onnx, or an IR (.xml + .bin) t
 Nothing here imports PyTorch: this is the path that makes `python predict.py photo.jpg` start fast.
 """
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from effnet.command_line import UsageError
-from effnet.inference import session_cache
+from effnet.inference import runtimes, session_cache
 from effnet.inference.export_format import StaleModelError, check_current, is_exported_from, read_card
-from effnet.inference import runtimes
 from effnet.variants import variant_name
 
 

@@ -15,15 +15,16 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from effnet.inference import exported_backends, runtimes
 from effnet.command_line import UsageError, one_line
 from effnet.data.images import Preprocessing
+from effnet.inference import exported_backends, runtimes
 from effnet.reports.chance import agreement_caveat, one_answer
 from effnet.run_files import int8_path
 

@@ -10,24 +10,23 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from effnet.inference import exported_backends
-from effnet.inference import torch_backend
-from effnet.command_line import UsageError
 from effnet.atomic_files import atomic_path
+from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing
+from effnet.inference import exported_backends, torch_backend
 from effnet.inference.export_format import FORMATS, OPSET, checkpoint_identity, metadata_entries
 from effnet.inference.runtimes import is_installed
-from effnet.run_files import default_output
 from effnet.reports.chance import agreement_caveat, one_answer
+from effnet.run_files import default_output
 
 TOLERANCE = 1e-4  # the largest |difference| of any probability allowed between the export and PyTorch
 SYNTHETIC_IMAGES = 4  # checked when no real photos are given

@@ -12,13 +12,13 @@ sha256, and a copy is used only when it matches its record, so a copy swapped fo
 is made again from the export. The copy is hashed again only when its file identity has changed since it was
 recorded (a swap, by rename or by rewrite, always changes it).
 
-The cache lives in the user's cache folder ($XDG_CACHE_HOME/effnet/onnxruntime, by default and when
-$XDG_CACHE_HOME is not an absolute path ~/.cache/effnet/onnxruntime), keeps the MAX_MODELS most recently written copies, and is written atomically
-(a temporary file renamed into place). Hashing a 16 MB export costs about as much as the optimisation
-saves, so an export's sha256 is computed once and remembered under its file identity (device, inode, size,
-modification and change times, which any rewrite of the file changes). Whatever goes wrong with the cache (no
-home folder, a read-only disk, a corrupt copy) is passed over: the session is then built from the export as
-it would be without the cache, and a corrupt copy is replaced.
+The cache lives in the user's cache folder ($XDG_CACHE_HOME/effnet/onnxruntime, by default and when $XDG_CACHE_HOME
+is not an absolute path ~/.cache/effnet/onnxruntime), keeps the MAX_MODELS most recently written copies, and is
+written atomically (a temporary file renamed into place). Hashing a 16 MB export costs about as much as the
+optimisation saves, so an export's sha256 is computed once and remembered under its file identity (device, inode,
+size, modification and change times, which any rewrite of the file changes). Whatever goes wrong with the cache (no
+home folder, a read-only disk, a corrupt copy) is passed over: the session is then built from the export as it would
+be without the cache, and a corrupt copy is replaced.
 """
 import hashlib
 import os

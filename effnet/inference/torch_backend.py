@@ -2,8 +2,9 @@
 and Grad-CAM, which only this backend can compute (it needs gradients)."""
 import copy
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,16 +12,22 @@ import torch.nn.utils.fusion
 from PIL import Image
 from torch import nn
 
-from effnet.inference.class_names import ClassNames, find_class_names, imagenet_class_names, read_class_names, replace_own_names
+from effnet.checkpoints import WeightsError, checkpoint_header, is_checkpoint, read_weights_file
 from effnet.command_line import UsageError
 from effnet.data.images import Preprocessing, normalize
-from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
-from effnet.variants import image_settings
 from effnet.hardware import keep_freed_memory_for_reuse, resolve_device
-from effnet.checkpoints import WeightsError, checkpoint_header, is_checkpoint, read_weights_file
+from effnet.inference.class_names import (
+    ClassNames,
+    find_class_names,
+    imagenet_class_names,
+    read_class_names,
+    replace_own_names,
+)
 from effnet.inference.runtimes import TORCH_PRECISIONS
-from effnet.variants import is_imagenet
+from effnet.variants import image_settings, is_imagenet
 from effnet.weights import bare_state_dict, identify_variant, load_weights, strip_wrappers
+from model import ConvBNActivation, EfficientNet, create_model, model_from_checkpoint
+
 
 def fuse_batchnorm(model: EfficientNet) -> EfficientNet:
     """An inference-only copy of `model` with every BatchNorm folded into the convolution before it.

@@ -6,11 +6,12 @@ import asyncio
 import functools
 import io
 import os
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -207,7 +208,8 @@ class UploadLimit:
 
     def message(self, size: int | None) -> str:
         sent = f"{size:,} bytes; the limit is" if size is not None else "more than the limit of"
-        return f"upload too large: {sent} {self.max_bytes:,} bytes (--max-upload-mb {self.max_bytes / MiB:g} on the server)"
+        limit = f"--max-upload-mb {self.max_bytes / MiB:g}"
+        return f"upload too large: {sent} {self.max_bytes:,} bytes ({limit} on the server)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length", "") if scope["type"] == "http" else ""

@@ -9,7 +9,7 @@ got one answer.
 Plain math: no numpy or scipy needed.
 """
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from effnet.variants import IMAGENET
 

@@ -11,8 +11,9 @@ evaluate.py knows its confusion matrix from someone else's picture.
 import io
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -75,7 +76,9 @@ def _write_figure(figure: Any, path: str | os.PathLike, mark: str = FIGURE_MARK,
         options["metadata"] = {"Comment": mark}
     elif file_format in MARKED_FORMATS:
         options["pil_kwargs"] = {"comment": mark.encode()}
-    from effnet.atomic_files import write_bytes  # imported here: predict.py without figures starts without it (and shutil)
+    from effnet.atomic_files import (
+        write_bytes,  # imported here: predict.py without figures starts without it (and shutil)
+    )
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format=file_format, dpi=100, **options)

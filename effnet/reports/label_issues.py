@@ -9,11 +9,12 @@ No PyTorch here: the probabilities come from scoring.evaluate_images.
 """
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from effnet.reports.scoring import Evaluation
 from effnet.atomic_files import write_csv
+from effnet.reports.scoring import Evaluation
 
 LABEL_ISSUE_COLUMNS = ("path", "split", "given", "predicted", "given_probability", "predicted_probability",
                        "predicted_class_threshold")

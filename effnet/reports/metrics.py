@@ -4,7 +4,8 @@ Precision of a class is the share of its predictions that were right, recall the
 were found, F1 their harmonic mean; each is 0 where it is undefined (a class never predicted, or absent).
 Macro averages weigh every class alike, weighted averages by the class's number of images (support).
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,19 +11,20 @@ import datetime
 import html
 import io
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from effnet.reports import metrics
-from effnet.reports.scoring import Evaluation
 from effnet.atomic_files import write_text
 from effnet.data.images import open_image, reduce_jpeg_decode, to_rgb
 from effnet.output_paths import OutputKind, html_generator_tag, marked_at_start
+from effnet.reports import metrics
 from effnet.reports.chance import chance_level, learned_nothing
+from effnet.reports.scoring import Evaluation
 
 GALLERY_LIMIT = 60  # misclassified images shown; the rest are counted (predictions.csv lists them all)
 GRAD_CAM_COUNT = 6  # Grad-CAM overlays for the worst few: each costs a forward and a backward pass

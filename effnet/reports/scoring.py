@@ -5,16 +5,17 @@ evaluate.py scores a class-per-folder tree with it; train.py a pre-split dataset
 run report, the validation images. No PyTorch here: the classifier's backend decides what runs the model.
 """
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from effnet.reports import metrics
-from effnet.reports.figures import FIGURE_MARK
 from effnet.atomic_files import write_csv
 from effnet.output_paths import OutputKind, header_matches, marked_at_start
+from effnet.reports import metrics
+from effnet.reports.figures import FIGURE_MARK
 
 DEFAULT_TOP_K = 5
 PREDICTION_COLUMNS = ("path", "true", "predicted", "confidence", "correct", "true_rank")

@@ -7,11 +7,18 @@ import sys
 from pathlib import Path
 
 from effnet.command_line import UsageError
-from effnet.data.duplicates import DATA_CHECK, DUPLICATE_COLUMNS, DataCheck, check_images, describe_groups, \
-    read_saved_fingerprints, write_duplicates_csv
+from effnet.data.duplicates import (
+    DATA_CHECK,
+    DUPLICATE_COLUMNS,
+    DataCheck,
+    check_images,
+    describe_groups,
+    read_saved_fingerprints,
+    write_duplicates_csv,
+)
+from effnet.data.flower_photos import ensure_flower_photos
 from effnet.data.split import DataSplit
 from effnet.output_paths import OutputKind, RunInputs, check_file_target, header_matches
-from effnet.data.flower_photos import ensure_flower_photos
 from effnet.training.distributed import Distributed, broadcast_object, main_first
 from effnet.training.settings import DEFAULT_DATA_PATH, TrainSettings
 

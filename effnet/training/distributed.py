@@ -5,8 +5,8 @@ Without torchrun every helper here is a no-op, so the training code reads the sa
 """
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -129,7 +129,8 @@ def place_model(model: nn.Module, device: torch.device, ddp: Distributed, settin
     model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
     trained = model
     if ddp.active:
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if settings.compile:
         trained = torch.compile(trained)
     return trained, model if ddp.active else trained

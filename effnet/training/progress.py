@@ -1,8 +1,9 @@
 """Where a run stands after each epoch: its history (metrics.csv's rows), its best epoch so far, what a checkpoint
 holds to rebuild the model and resume exactly, and the one line each epoch prints."""
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -1,12 +1,13 @@
-"""The training recipe, built from a run's settings: the starting weights and which layers train, the optimizer and learning-rate
-schedule, the loss (label smoothing, class weights), mixup/CutMix, the weight average (EMA), balanced sampling
-and early stopping. The augmentation is my_dataset.train_transform; the settings and presets, settings.py.
+"""The training recipe, built from a run's settings: the starting weights and which layers train, the optimizer and
+learning-rate schedule, the loss (label smoothing, class weights), mixup/CutMix, the weight average (EMA), balanced
+sampling and early stopping. The augmentation is my_dataset.train_transform; the settings and presets, settings.py.
 """
 import copy
 import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,6 @@ from effnet.checkpoints import WeightsError, checkpoint_fields
 from effnet.command_line import UsageError
 from effnet.training.settings import TrainSettings
 from effnet.weights import load_weights
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which layers train, the optimizer and the schedule

@@ -4,9 +4,10 @@ history as it left them. A resumed run then trains exactly as the uninterrupted 
 import argparse
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -14,9 +15,9 @@ from effnet.atomic_files import remove_leftovers
 from effnet.checkpoints import WeightsError, checkpoint_header, read_weights_file
 from effnet.command_line import UsageError
 from effnet.data.split import DataSplit
+from effnet.run_files import LAST_CHECKPOINT
 from effnet.training.progress import Progress
 from effnet.training.recipe import TrainingSteps
-from effnet.run_files import LAST_CHECKPOINT
 from effnet.training.run_folder import RunFolder, continue_hint, is_whole_number
 from effnet.training.settings import TrainSettings, resumed_settings
 from effnet.training.steps import StepSettings

@@ -16,8 +16,9 @@ a full disk stops the run with one line saying which checkpoint is intact and ho
 """
 import datetime
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from effnet.atomic_files import NoSpaceError, save_checkpoint, serialized_size, write_csv, write_json
 from effnet.checkpoints import WeightsError, read_weights_file
@@ -137,7 +138,8 @@ class RunFolder:
             write_json(self.path / DATA_CHECK, check.to_json(root))
             write_duplicates_csv(check, self.path / "duplicates.csv")
 
-    def write_epoch(self, checkpoint: Mapping[str, Any], improved: bool, history: Sequence[Mapping[str, float]]) -> None:
+    def write_epoch(self, checkpoint: Mapping[str, Any], improved: bool,
+                    history: Sequence[Mapping[str, float]]) -> None:
         """best.pth (when improved), last.pth, metrics.csv, curves.png and TensorBoard scalars."""
         if not self.writes:
             return

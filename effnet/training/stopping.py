@@ -2,8 +2,8 @@
 that diverged, photos that went away or memory that ran out; each says what is saved and how to go on."""
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from effnet.checkpoints import WeightsError
 from effnet.command_line import UsageError, report
@@ -86,7 +86,8 @@ def epochs_stop_cleanly(folder: RunFolder, ddp: Distributed, progress: Progress)
     except (MemoryError, RuntimeError) as error:
         if not is_out_of_memory(error):
             raise
-        stop.status = _error(ddp, f"out of memory in epoch {progress.next_epoch + 1} ({str(error).strip().splitlines()[0][:200]}); "
+        first_line = str(error).strip().splitlines()[0][:200]
+        stop.status = _error(ddp, f"out of memory in epoch {progress.next_epoch + 1} ({first_line}); "
                                   f"lower --batch-size or --image-size. {folder.saved_so_far()}")
     finally:
         folder.close()
