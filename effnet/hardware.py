@@ -45,7 +45,7 @@ SMALL_CPU = 2  # usable CPUs at or below which a run on the CPU loads its photos
 
 def default_workers(batch_size: int, device: torch.device | None = None) -> int:
     """Data-loading processes: one per usable CPU, at most the batch size and 8 (0 for batch 1). A run on the
-    CPU of a machine with SMALL_CPU cores or fewer gets none: its PyTorch threads already use every core, and
+    CPU of a machine with SMALL_CPU usable CPUs or fewer gets none: its PyTorch threads already use every core, and
     worker processes only take turns with them (2 cores: a run 1.17x faster at 96 px and 1.25x at 224 px than
     with 2 workers; docs/benchmarks.md, "Time to accuracy")."""
     if device is not None and device.type == "cpu" and usable_cpus() <= SMALL_CPU:

@@ -16,9 +16,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The suite runs in several processes (pytest-xdist, `-n auto` in pyproject.toml): each gets its share of the
 # CPUs as PyTorch threads, so that N workers do not start N x cores threads (OMP_NUM_THREADS given wins).
+# (effnet.hardware.usable_cpus says the same, but importing it would import PyTorch before this is set)
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux, or not
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CPUS // _WORKERS)))
 
 import pytest  # noqa: E402  (after the environment is set)
 import torch  # noqa: E402
@@ -28,8 +30,10 @@ from effnet.data.flower_photos import FLOWER_SAMPLE  # noqa: E402
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: one test process per usable CPU, at most 4 (each holds its own trained runs and models)."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    """`-n auto`: one test process per usable CPU, at most 4 (each holds its own trained runs and models), unless
+    PYTEST_XDIST_AUTO_NUM_WORKERS says how many."""
+    given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    return int(given) if given else max(1, min(4, _CPUS))
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -16,8 +16,15 @@ def github_anchor(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a '#' line in a code block is no heading
-    return {github_anchor(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
+    """The anchors of a page's headings; a heading met again gets -1, -2, ... as on GitHub."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # no headings in code blocks
+    found: set[str] = set()
+    for line in text.splitlines():
+        if re.match(r"#{1,6} ", line):
+            anchor = github_anchor(line.lstrip("#"))
+            found.add(next(f"{anchor}-{n}" if n else anchor for n in range(len(found) + 1)
+                           if (f"{anchor}-{n}" if n else anchor) not in found))
+    return found
 
 
 def test_github_anchor_matches_known_headings():
@@ -27,7 +34,7 @@ def test_github_anchor_matches_known_headings():
 
 @pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
 def test_every_relative_link_and_anchor_exists(page):
-    for target in LINK.findall(page.read_text()):
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
         if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")

@@ -157,7 +157,7 @@ def _add_machine_flags(parser: argparse.ArgumentParser) -> None:
     add("--device", default=None, help="'cuda', 'cuda:1', 'cpu', ... (default: the first CUDA device, else CPU)")
     add("--workers", type=int, default=None,
         help="data-loading processes (default: min(CPUs this process may use, batch size, 8); 0 on the CPU of a "
-             "machine with 2 cores or fewer, where PyTorch's threads take them all)")
+             "machine with 2 usable CPUs or fewer, where PyTorch's threads take them all)")
     add("--channels-last", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
         help="NHWC memory layout, faster for convolutions on CPUs and GPUs (default true)")
     add("--amp", type=parse_bool, nargs="?", const=True, default=True, metavar="{true,false}",
