@@ -1,6 +1,7 @@
 """The README's and docs/'s links lead somewhere: each relative link names a file of the repository, and each
 #anchor a heading of that page, as GitHub turns headings into anchors."""
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,18 +19,21 @@ def github_anchor(heading: str) -> str:
 def anchors(page: Path) -> set[str]:
     """The anchors of a page's headings; a heading met again gets -1, -2, ... as on GitHub."""
     text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # no headings in code blocks
-    found: set[str] = set()
+    found, seen = set(), Counter()
     for line in text.splitlines():
         if re.match(r"#{1,6} ", line):
             anchor = github_anchor(line.lstrip("#"))
-            found.add(next(f"{anchor}-{n}" if n else anchor for n in range(len(found) + 1)
-                           if (f"{anchor}-{n}" if n else anchor) not in found))
+            found.add(f"{anchor}-{seen[anchor]}" if seen[anchor] else anchor)
+            seen[anchor] += 1
     return found
 
 
-def test_github_anchor_matches_known_headings():
+def test_github_anchor_matches_known_headings(tmp_path):
     assert github_anchor("Deployment: `export.py`") == "deployment-exportpy"
     assert github_anchor("Time to accuracy: `--recipe fast`") == "time-to-accuracy---recipe-fast"
+    page = tmp_path / "page.md"
+    page.write_text("# Set-up\n```\n# not a heading\n```\n## Set-up\n## Set-up\n", encoding="utf-8")
+    assert anchors(page) == {"set-up", "set-up-1", "set-up-2"}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
