@@ -150,6 +150,27 @@ def test_progressive_resizing_grows_the_crop_in_stages_to_the_full_size(epochs, 
     assert resolved("--epochs", "8", "--progressive-resizing", "0.1").train_sizes(64)[0] == 32  # never below 32 px
 
 
+@pytest.mark.parametrize("flags, sizes", [
+    (["--train-crop", "0.8"], [176] * 4),  # 179.2 px, to a multiple of 16
+    (["--train-crop", "0.8", "--progressive-resizing", "0.4"], [96, 112, 144, 176]),
+    (["--recipe", "fast"], [96, 112, 144, 176]),  # the preset: from 0.4 to 0.8 of 224 px
+    (["--recipe", "fast", "--train-crop", "1"], [96, 128, 176, 224]),  # a flag given explicitly wins
+    (["--train-crop", "1"], [224] * 4)])
+def test_train_crop_is_the_last_training_size_below_the_validation_size(flags, sizes):
+    assert resolved("--epochs", "4", *flags).train_sizes(224) == sizes
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--train-crop", "0"], "--train-crop 0.0: a share of --image-size, 0.1 to 1"),
+    (["--train-crop", "1.5"], "--train-crop 1.5: a share of --image-size, 0.1 to 1"),
+    (["--train-crop", "0.5", "--progressive-resizing", "0.6"],
+     "--progressive-resizing 0.6 starts above --train-crop 0.5, where the crops grow to; give a START of at most 0.5"),
+    (["--recipe", "fast", "--train-crop", "0.3"], "--progressive-resizing 0.4 starts above --train-crop 0.3")])
+def test_impossible_train_crops_are_refused_in_one_line(flags, says):
+    with pytest.raises(UsageError, match=re.escape(says)):
+        resolved(*flags)
+
+
 # --- the loss --------------------------------------------------------------------------------------------------
 
 

@@ -45,7 +45,8 @@ def _wait_for_first_epoch(run: Path, process: subprocess.Popen) -> None:
 ALL_RECIPE_OPTIONS = ["--opt", "adamw", "--warmup-epochs", "1", "--label-smoothing", "0.1", "--ema", "0.9",
                       "--auto-augment", "trivialaugment", "--random-erase", "0.5", "--mixup-alpha", "0.4",
                       "--cutmix-alpha", "1.0", "--drop-path", "0.3", "--balanced-sampling", "--early-stopping", "3",
-                      "--best-metric", "macro_f1", "--lr-schedule", "onecycle", "--progressive-resizing", "0.5"]
+                      "--best-metric", "macro_f1", "--lr-schedule", "onecycle", "--progressive-resizing", "0.5",
+                      "--train-crop", "0.67"]
 
 
 @pytest.mark.slow
@@ -75,8 +76,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path, recipe_flag
     for a, b in zip(whole["history"], resumed["history"]):
         assert (a["train_loss"], a["val_acc"], a["lr"]) == (b["train_loss"], b["val_acc"], b["lr"])
     assert [int(r["epoch"]) for r in read_metrics(killed)] == list(range(1, whole["epoch"] + 1))
-    sizes = [int(r["train_size"]) for r in read_metrics(killed)]  # progressive resizing from 24 px: never under 32
-    assert sizes == ([32, 32, 32, 48] if recipe_flags else [48] * 4)[:len(sizes)]
+    sizes = [int(r["train_size"]) for r in read_metrics(killed)]  # 24 px growing to 32 (2/3 of 48): never under 32
+    assert sizes == ([32] * 4 if recipe_flags else [48] * 4)[:len(sizes)]
 
 
 def test_ctrl_c_keeps_the_last_epoch_and_says_how_to_resume(tmp_path):

@@ -135,8 +135,11 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
              "after every batch, the warm-up rising from --lr/25 (default cosine)")
     add("--progressive-resizing", type=float, default=default["progressive_resizing"], metavar="START",
         help="train the first epochs on smaller crops, START x --image-size (0.5: 112 px for b0), growing in up to "
-             "4 stages to the full size for the last quarter of the epochs; validation is always at the full size "
-             "(default off)")
+             "4 stages to --train-crop's size for the last quarter of the epochs (default off)")
+    add("--train-crop", type=float, default=default["train_crop"], metavar="SHARE",
+        help="train on crops of SHARE x --image-size (0.8: 176 px for b0) and validate at the full size: a random "
+             "crop shows objects larger than validation's centre crop does, so a slightly smaller training crop "
+             "matches them, and costs about SHARE squared of the time (default 1)")
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:

@@ -27,15 +27,17 @@ TUTORIAL: Mapping[str, Any] = {
     "recipe": "tutorial", "opt": "sgd", "weight_decay": None, "warmup_epochs": 0, "label_smoothing": 0.0,
     "ema": None, "auto_augment": "none", "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
     "drop_path": None, "class_weights": "none", "balanced_sampling": False, "early_stopping": None,
-    "best_metric": "acc", "lr_schedule": "cosine", "progressive_resizing": None, "report": True, "onnx": True,
+    "best_metric": "acc", "lr_schedule": "cosine", "progressive_resizing": None, "train_crop": 1.0, "report": True,
+    "onnx": True,
 }
 # The measured combinations (docs/benchmarks.md, "Training recipe"); docs/training.md lists the same flags.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "tutorial": {},
     "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2},
-    # modern's optimizer for a short run on a CPU: small crops first, a one-cycle schedule; from scratch it reached
-    # modern's 8-epoch accuracy sooner on one seed of two (docs/benchmarks.md, "Time to accuracy")
-    "fast": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 1, "lr_schedule": "onecycle", "progressive_resizing": 0.4},
+    # modern's optimizer for a short run on a CPU: a one-cycle schedule, small crops first, growing to 0.8 of the
+    # validation size (docs/benchmarks.md, "Time to accuracy")
+    "fast": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 1, "lr_schedule": "onecycle", "progressive_resizing": 0.4,
+             "train_crop": 0.8},
 }
 WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}  # the tutorial's for SGD; the usual decoupled decay for AdamW
 ADAMW_LR = 0.001  # --lr's default with --opt adamw (0.01, the tutorial's SGD rate, is far too high for Adam)
@@ -49,7 +51,7 @@ MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", 
 RECORDED = ("recipe", "epochs", "batch_size", "image_size", "freeze_layers", "opt", "lr", "lrf", "weight_decay",
             "warmup_epochs", "label_smoothing", "ema", "auto_augment", "random_erase", "mixup_alpha",
             "cutmix_alpha", "drop_path", "class_weights", "balanced_sampling", "early_stopping", "best_metric",
-            "lr_schedule", "progressive_resizing")
+            "lr_schedule", "progressive_resizing", "train_crop")
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class TrainSettings:
     early_stopping: int | None  # stop after this many epochs without a better best_metric; None: off
     best_metric: str  # what best.pth and early stopping go by: "acc" or "macro_f1"
     lr_schedule: str  # "cosine": stepped once per epoch (the tutorial's); "onecycle": stepped after every batch
-    progressive_resizing: float | None  # the first epochs' crop as a share of image_size, growing to it; None: off
+    progressive_resizing: float | None  # the first epochs' crop as a share of image_size, growing; None: off
+    train_crop: float  # the (last) training crop as a share of image_size, which validation uses whole
     # where and how it runs (MACHINE_SETTINGS: a resumed run takes these anew)
     device: str | None  # "cpu", "cuda", "cuda:1", ...; None: the first GPU, else the CPU
     workers: int | None  # data-loading processes; None: hardware.default_workers
@@ -124,16 +127,17 @@ class TrainSettings:
         return recorded
 
     def train_sizes(self, full: int) -> list[int]:
-        """The training crop of each epoch: `full` pixels, or with --progressive-resizing START stages of equal
-        length (up to 4) whose size grows from START x full to `full`, rounded to 16 px, so that the first epochs
-        cost a fraction of the last (a step costs about the square of the size) and the last ones train at the
-        full size."""
+        """The training crop of each epoch, for validation at `full` pixels: --train-crop x full (all of it at
+        1), or with --progressive-resizing START stages of equal length (up to 4) whose size grows from START x
+        full to that, so that the first epochs cost a fraction of the last (a step costs about the square of the
+        size). Sizes other than `full` are rounded to 16 px, at least 32."""
+        end = full if self.train_crop == 1 else _multiple_of_16(self.train_crop * full)
         if self.progressive_resizing is None:
-            return [full] * self.epochs
+            return [end] * self.epochs
         stages = min(4, self.epochs)
         start = self.progressive_resizing * full
-        grown = [start + (full - start) * stage / max(1, stages - 1) for stage in range(stages - 1)]
-        sizes = [max(32, round(size / 16) * 16) for size in grown] + [full]
+        grown = [start + (end - start) * stage / max(1, stages - 1) for stage in range(stages - 1)]
+        sizes = [_multiple_of_16(size) for size in grown] + [end]
         return [sizes[epoch * stages // self.epochs] for epoch in range(self.epochs)]
 
     def image_settings(self) -> dict[str, Any]:
@@ -143,6 +147,10 @@ class TrainSettings:
     def best_metric_of(self, row: Mapping[str, float]) -> float:
         """The --best-metric value of an epoch's history row."""
         return row[BEST_METRICS[self.best_metric]]
+
+
+def _multiple_of_16(size: float) -> int:
+    return max(32, round(size / 16) * 16)
 
 
 def describe_sizes(sizes: Sequence[int]) -> str:
@@ -201,6 +209,10 @@ def _problems(s: TrainSettings) -> list[tuple[bool, str]]:
          f"--early-stopping {s.early_stopping}: the patience is a number of epochs, 1 or more"),
         (s.progressive_resizing is not None and not 0.1 <= s.progressive_resizing <= 1,
          f"--progressive-resizing {s.progressive_resizing}: the first size as a share of --image-size, 0.1 to 1"),
+        (not 0.1 <= s.train_crop <= 1, f"--train-crop {s.train_crop}: a share of --image-size, 0.1 to 1"),
+        (s.progressive_resizing is not None and s.progressive_resizing > s.train_crop,
+         f"--progressive-resizing {s.progressive_resizing} starts above --train-crop {s.train_crop}, where the "
+         f"crops grow to; give a START of at most {s.train_crop}"),
         (s.class_weights == "auto" and s.balanced_sampling,
          "--class-weights auto with --balanced-sampling corrects the imbalance twice; use one of them"),
     ]
