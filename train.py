@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             progress = resume.restore_progress(resumed, optimizer, scheduler, steps, step_settings)
         folder.write_data_check(data_check, split.root)
         ddp.print(f"{split.describe()} in {len(split.classes)} classes; efficientnet_{settings.model} at "
-                  f"{describe_sizes(sizes)} on {device}{ddp.processes}; run folder {folder.path}")
+                  f"{describe_sizes(sizes, images['eval_crop'])} on {device}{ddp.processes}; run folder {folder.path}")
 
         # the epochs: train, validate, keep the best (best.pth) and the last (last.pth)
         show = settings.progress and ddp.is_main

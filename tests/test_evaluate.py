@@ -135,7 +135,7 @@ def test_run_report_renders_every_section_in_chromium(flower_run, page, tmp_path
     assert page.locator("#settings td", has_text="--epochs").count() == 1
     assert "as given by the train/, val/, test/ folders" in page.locator("#settings").inner_text()
     crops = page.locator("#settings tr", has_text="training crops").locator("td").last.inner_text()
-    assert crops == "32 px (epoch 1), 48 px (2)"  # what each epoch trained on: half of 48 px, but never below 32
+    assert crops == "32 px (epoch 1), 48 px (2), validated at 48 px"  # half of 48 px first, but never below 32
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
 

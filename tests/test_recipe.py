@@ -21,7 +21,7 @@ from effnet.data import flower_photos
 from effnet.data.sampling import EpochSampler
 from effnet.training import recipe
 from effnet.training.flags import build_parser, given_flags
-from effnet.training.settings import PRESETS, TrainSettings, settings_from_flags
+from effnet.training.settings import PRESETS, TrainSettings, describe_sizes, settings_from_flags
 from my_dataset import MyDataSet, eval_transform, train_transform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +158,13 @@ def test_progressive_resizing_grows_the_crop_in_stages_to_the_full_size(epochs, 
     (["--train-crop", "1"], [224] * 4)])
 def test_train_crop_is_the_last_training_size_below_the_validation_size(flags, sizes):
     assert resolved("--epochs", "4", *flags).train_sizes(224) == sizes
+
+
+def test_the_sizes_are_said_by_stage_with_the_validation_size_where_it_differs():
+    assert describe_sizes([224] * 3, validated=224) == "224 px"
+    assert describe_sizes([176] * 3, validated=224) == "176 px, validated at 224 px"
+    assert describe_sizes([96, 96, 176], validated=224) == "96 px (epochs 1-2), 176 px (3), validated at 224 px"
+    assert describe_sizes([32, 48]) == "32 px (epoch 1), 48 px (2)"
 
 
 @pytest.mark.parametrize("flags, says", [

@@ -47,8 +47,8 @@ def finish_run(folder: RunFolder, split: DataSplit, progress: Progress, settings
             if settings.resume:  # best.pth's saved flags may be from before this resume, when --resume was none
                 used["resume"] = settings.resume
             sizes = [row.get("train_size") for row in progress.history]  # None in rows of an older version's run
-            report_path, test = review(folder.path, split, step_settings.device, data_check, used,
-                                       describe_sizes(sizes) if all(sizes) else None)
+            crops = describe_sizes(sizes, settings.image_settings()["eval_crop"]) if all(sizes) else None
+            report_path, test = review(folder.path, split, step_settings.device, data_check, used, crops)
             if test is not None:
                 print_test_results(test, best)
             print(f"report: {report_path}")

@@ -24,7 +24,7 @@ photos).
     python train.py --data-path my_photos                 # your own photos, one folder per class
     python train.py --data-path my_photos --model b3 --epochs 10
     python train.py --data-path my_photos --weights none  # from scratch: no download needed
-    python train.py --data-path my_photos --recipe fast   # AdamW, small crops first: for a CPU
+    python train.py --data-path my_photos --recipe fast   # AdamW, smaller training crops: for a CPU
     python train.py --resume runs/20261128-101500-b0      # continue a run that stopped
     python train.py --data-path my_photos --check-data    # only look for copies among the photos
     torchrun --nproc_per_node=4 train.py --data-path my_photos   # one process per GPU
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="train only the last conv and the classifier, their BatchNorm statistics included (default false, "
                "as in the tutorial: every layer trains)")
     model("--image-size", type=int, default=None,
-          help="training and evaluation crop in pixels (default: the variant's, 224 for b0); smaller is faster")
+          help="evaluation crop in pixels, and training's unless --train-crop or --progressive-resizing make it "
+               "smaller (default: the variant's, 224 for b0); smaller is faster")
     _add_training_flags(parser)
     _add_recipe_flags(parser)
     _add_output_flags(parser)
@@ -95,8 +96,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     modern, fast = (" ".join(f"{_flag(key)} {value}" for key, value in PRESETS[name].items()) for name in
                     ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
-        help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains most "
-             f"epochs on smaller crops: {fast} (docs/training.md has its figures); "
+        help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains on "
+             f"smaller crops than it validates on, growing: {fast} (docs/training.md has its figures); "
              f"flags given explicitly win (default tutorial)")
     add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
         help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")

@@ -153,8 +153,11 @@ def _multiple_of_16(size: float) -> int:
     return max(32, round(size / 16) * 16)
 
 
-def describe_sizes(sizes: Sequence[int]) -> str:
-    """'224 px', or with progressive resizing '128 px (epochs 1-2), 160 px (3-4), ...'."""
+def describe_sizes(sizes: Sequence[int], validated: int | None = None) -> str:
+    """'224 px', or with progressive resizing '128 px (epochs 1-2), 160 px (3-4), ...'; with `validated`, the
+    validation size after it where any training size differs from it ('176 px, validated at 224 px')."""
+    if validated is not None and set(sizes) != {validated}:
+        return f"{describe_sizes(sizes)}, validated at {validated} px"
     if len(set(sizes)) == 1:
         return f"{sizes[0]} px"
     stages = [(size, [epoch for epoch, each in enumerate(sizes, 1) if each == size]) for size in sorted(set(sizes))]
