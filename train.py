@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         # the two datasets with their transforms (my_dataset.py), and their loaders; EpochSampler seeds each
         # sample's augmentation by the run's seed, the epoch and its index: a resumed run sees the same batches
         images = settings.image_settings()  # the crop sizes and normalisation of the variant, or of --image-size
-        sizes = settings.train_sizes(images["train_size"])  # per epoch; --progressive-resizing grows them
+        sizes = settings.train_sizes(images["train_size"])  # per epoch: --train-crop, --progressive-resizing
         val_dataset = MyDataSet(split.val_paths, split.val_labels,
                                 eval_transform(images["eval_resize"], images["eval_crop"], images["interpolation"]),
                                 decode_size=images["eval_resize"])

@@ -92,14 +92,16 @@ def report(runs: list[dict], recipes: list[str]) -> str:
             lines.append(f"| {seed} | {recipe} | {run['best']:.3f} ({best_epoch}) | {run['seconds']:.0f} | "
                          f"{'not reached' if reached is None else f'{reached:.0f}'} | "
                          f"{'-' if share is None else f'{share:.2f}'} |")
+    if not any(run["recipe"].split()[0].partition(":")[0] == "modern" for run in runs):
+        return "\n".join(lines)  # no modern run: no shares of its time to sum up
     seeds = len({run["seed"] for run in runs})
     return "\n".join(lines) + "\n\nshare of modern's wall time to reach modern's best: " + "; ".join(
         f"{recipe} {summary(values, seeds)}" for recipe, values in shares.items())
 
 
 def summary(shares: list[float], seeds: int) -> str:
-    """The median share over the seeds where a contender reached the target counts only when it reached it on
-    every seed; otherwise on how many it did, and in what share."""
+    """A contender's shares over the seeds: their median when it reached the target on every seed; otherwise on
+    how many seeds it did, with those shares (a median of the successes alone would hide the misses)."""
     if len(shares) == seeds:
         return f"median {np.median(shares):.2f}"
     return f"reached on {len(shares)} of {seeds} seeds" + (f" ({', '.join(f'{s:.2f}' for s in shares)})" if shares

@@ -160,6 +160,14 @@ def test_train_crop_is_the_last_training_size_below_the_validation_size(flags, s
     assert resolved("--epochs", "4", *flags).train_sizes(224) == sizes
 
 
+@pytest.mark.parametrize("flags, full, sizes", [
+    (["--train-crop", "0.99"], 41, [41] * 4),  # 40.6 px would round up to 48: kept at the full 41
+    (["--progressive-resizing", "1"], 56, [56] * 4),  # 56 rounds up to 64: never above the last size
+    (["--progressive-resizing", "0.9", "--train-crop", "0.9"], 47, [47] * 4)])
+def test_rounding_never_trains_above_the_full_size(flags, full, sizes):
+    assert resolved("--epochs", "4", *flags).train_sizes(full) == sizes
+
+
 def test_the_sizes_are_said_by_stage_with_the_validation_size_where_it_differs():
     assert describe_sizes([224] * 3, validated=224) == "224 px"
     assert describe_sizes([176] * 3, validated=224) == "176 px, validated at 224 px"

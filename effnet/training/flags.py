@@ -97,7 +97,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                     ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
         help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains on "
-             f"smaller crops than it validates on, growing: {fast} (docs/training.md has its figures); "
+             f"crops growing from 0.4 to 0.8 of the validation size: {fast} (docs/training.md has its figures); "
              f"flags given explicitly win (default tutorial)")
     add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
         help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")
@@ -136,11 +136,14 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
              "after every batch, the warm-up rising from --lr/25 (default cosine)")
     add("--progressive-resizing", type=float, default=default["progressive_resizing"], metavar="START",
         help="train the first epochs on smaller crops, START x --image-size (0.5: 112 px for b0), growing in up to "
-             "4 stages to --train-crop's size for the last quarter of the epochs (default off)")
+             "4 stages to --train-crop x --image-size (the full size by default) for the last quarter of the "
+             "epochs; validation stays at the full size (default off)")
     add("--train-crop", type=float, default=default["train_crop"], metavar="SHARE",
-        help="train on crops of SHARE x --image-size (0.8: 176 px for b0) and validate at the full size: a random "
-             "crop shows objects larger than validation's centre crop does, so a slightly smaller training crop "
-             "matches them, and costs about SHARE squared of the time (default 1)")
+        help="train on crops of SHARE x --image-size (or the variant's training size), rounded to a multiple of "
+             "16 px (0.8: 176 px for b0), and "
+             "validate at the full size: a random crop shows objects larger than validation's centre crop does, so "
+             "a smaller training crop shows them at about the size validation sees, and each training step costs "
+             "about SHARE squared of a full-size one; 0.1 to 1, at least --progressive-resizing's START (default 1)")
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:

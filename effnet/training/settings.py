@@ -69,14 +69,14 @@ class TrainSettings:
     model: str  # the variant, b0 ... b7
     weights: str  # starting weights: "imagenet", "none" (from scratch) or a .pth file
     freeze_layers: bool  # train only the head conv and the classifier
-    image_size: int | None  # training and evaluation crop in pixels; None: the variant's own
+    image_size: int | None  # evaluation crop in pixels, and the training size train_crop scales; None: the variant's
     # the training
     epochs: int
     batch_size: int  # images per step, per process under torchrun
     lr: float  # learning rate at the top of the schedule
     lrf: float  # final learning rate, as a fraction of lr
     # the recipe (defaults: TUTORIAL; --recipe picks a preset of them)
-    recipe: str  # the preset: "tutorial" or "modern"
+    recipe: str  # the preset: "tutorial", "modern" or "fast"
     opt: str  # "sgd" (momentum 0.9) or "adamw"
     weight_decay: float
     warmup_epochs: int  # epochs of linear warm-up before the cosine
@@ -93,7 +93,7 @@ class TrainSettings:
     best_metric: str  # what best.pth and early stopping go by: "acc" or "macro_f1"
     lr_schedule: str  # "cosine": stepped once per epoch (the tutorial's); "onecycle": stepped after every batch
     progressive_resizing: float | None  # the first epochs' crop as a share of image_size, growing; None: off
-    train_crop: float  # the (last) training crop as a share of image_size, which validation uses whole
+    train_crop: float  # the (last) training crop as a share of the training size; validation keeps its own
     # where and how it runs (MACHINE_SETTINGS: a resumed run takes these anew)
     device: str | None  # "cpu", "cuda", "cuda:1", ...; None: the first GPU, else the CPU
     workers: int | None  # data-loading processes; None: hardware.default_workers
@@ -127,17 +127,18 @@ class TrainSettings:
         return recorded
 
     def train_sizes(self, full: int) -> list[int]:
-        """The training crop of each epoch, for validation at `full` pixels: --train-crop x full (all of it at
-        1), or with --progressive-resizing START stages of equal length (up to 4) whose size grows from START x
-        full to that, so that the first epochs cost a fraction of the last (a step costs about the square of the
-        size). Sizes other than `full` are rounded to 16 px, at least 32."""
-        end = full if self.train_crop == 1 else _multiple_of_16(self.train_crop * full)
+        """The training crop of each epoch, for a training size of `full` pixels (--image-size, or the
+        variant's): --train-crop x full (all of it at 1), or with --progressive-resizing START stages of equal
+        length (up to 4) whose size grows from START x full to that, so that the first epochs cost a fraction of
+        the last (a step costs about the square of the size). Sizes other than `full` are rounded to 16 px, at
+        least 32, and never above the last one."""
+        end = full if self.train_crop == 1 else min(full, _multiple_of_16(self.train_crop * full))
         if self.progressive_resizing is None:
             return [end] * self.epochs
         stages = min(4, self.epochs)
         start = self.progressive_resizing * full
         grown = [start + (end - start) * stage / max(1, stages - 1) for stage in range(stages - 1)]
-        sizes = [_multiple_of_16(size) for size in grown] + [end]
+        sizes = [min(end, _multiple_of_16(size)) for size in grown] + [end]
         return [sizes[epoch * stages // self.epochs] for epoch in range(self.epochs)]
 
     def image_settings(self) -> dict[str, Any]:
