@@ -45,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recipe_and_epochs(contender: str) -> tuple[str, str]:
+    """'fast:12 --lr 0.003' -> ('fast', '12'); 'modern' -> ('modern', '')."""
+    recipe, _, epochs = contender.split()[0].partition(":")
+    return recipe, epochs
+
+
 def train_run(args: argparse.Namespace, contender: str, seed: int) -> dict:
     """One train.py run: (epoch, wall seconds since start, validation accuracy) of each epoch, as they appear."""
-    recipe, _, epochs = contender.split()[0].partition(":")
+    recipe, epochs = recipe_and_epochs(contender)
     name = f"{recipe}{epochs}-seed{seed}-{time.strftime('%H%M%S')}"
     command = [sys.executable, str(REPO / "train.py"), "--data-path", str(args.data), "--weights", "none",
                "--recipe", recipe, "--epochs", epochs or str(args.epochs), "--seed", str(seed), "--batch-size",
@@ -80,7 +86,7 @@ def report(runs: list[dict], recipes: list[str]) -> str:
     shares: dict[str, list[float]] = {recipe: [] for recipe in recipes}
     for seed in sorted({run["seed"] for run in runs}):
         mine = {run["recipe"]: run for run in runs if run["seed"] == seed}
-        modern = next((run for name, run in mine.items() if name.split()[0].partition(":")[0] == "modern"), None)
+        modern = next((run for name, run in mine.items() if recipe_and_epochs(name)[0] == "modern"), None)
         target = modern["best"] if modern else max(run["best"] for run in mine.values())
         for recipe in recipes:
             run = mine[recipe]
@@ -92,7 +98,7 @@ def report(runs: list[dict], recipes: list[str]) -> str:
             lines.append(f"| {seed} | {recipe} | {run['best']:.3f} ({best_epoch}) | {run['seconds']:.0f} | "
                          f"{'not reached' if reached is None else f'{reached:.0f}'} | "
                          f"{'-' if share is None else f'{share:.2f}'} |")
-    if not any(run["recipe"].split()[0].partition(":")[0] == "modern" for run in runs):
+    if not any(recipe_and_epochs(run["recipe"])[0] == "modern" for run in runs):
         return "\n".join(lines)  # no modern run: no shares of its time to sum up
     seeds = len({run["seed"] for run in runs})
     return "\n".join(lines) + "\n\nshare of modern's wall time to reach modern's best: " + "; ".join(
