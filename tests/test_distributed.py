@@ -30,7 +30,8 @@ def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sub
     root = tmp_path_factory.mktemp("ddp")
     data = make_class_folders(root / "data", per_class=10)  # 3 validation images per class, 9 in all
     result = torchrun(*train_args(data, root / "runs", "--epochs", "2", "--val-rate", "0.3", "--image-size", "64",
-                                  "--progressive-resizing", "0.5", "--train-crop", "0.75"))  # 32 px, then 48
+                                  "--progressive-resizing", "0.5", "--train-crop", "0.75",  # 32 px, then 48
+                                  "--zero-init-residual"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "runs", result
 
@@ -51,6 +52,7 @@ def test_two_processes_write_one_set_of_outputs(distributed_run):
     last = torch.load(run / "last.pth", weights_only=True)
     assert not any(key.startswith("module.") for key in last["model"])
     assert [row["train_size"] for row in last["history"]] == [32, 48] and last["image"]["eval_crop"] == 64
+    assert json.loads((run / "recipe.json").read_text())["zero_init_residual"] is True
 
 
 def test_validation_counts_every_image_once_and_matches_one_process(distributed_run):

@@ -418,6 +418,53 @@ def test_drop_path_sets_the_block_rates_and_makes_training_passes_random():
         assert torch.equal(first, second) == (rate == 0.0)
 
 
+# --- residual blocks that start as the identity ---------------------------------------------------------------
+
+
+def _starting_model(*flags: str) -> M.EfficientNet:
+    """A 3-class b0 with the starting weights train.py gives it for these flags (a new run)."""
+    settings = resolved(*flags)
+    model = M.create_model(settings.model, num_classes=3, drop_connect_rate=settings.drop_path)
+    recipe.load_starting_weights(model, settings, verbose=False)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_zero_init_residual_makes_every_residual_block_pass_its_input_through(mode):
+    torch.manual_seed(0)
+    plain = _starting_model("--weights", "none")
+    torch.manual_seed(0)
+    zeroed = _starting_model("--weights", "none", "--zero-init-residual")
+    residual = [name for name, m in zeroed.features.named_children()
+                if isinstance(m, M.InvertedResidual) and m.use_res_connect]
+    assert len(residual) == 9  # b0's 16 blocks less the first of each of its 7 stages, which have no skip
+    changed = {key for key, value in zeroed.state_dict().items() if not torch.equal(value, plain.state_dict()[key])}
+    assert changed == {f"features.{name}.block.project_conv.1.weight" for name in residual}  # and nothing else
+    assert not any(zeroed.state_dict()[key].any() for key in changed)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for model, passes_through in ((zeroed, True), (plain, False)):
+        getattr(model, mode)()
+        h = x
+        for name, block in model.features.named_children():
+            out = block(h)
+            if name in residual:
+                assert torch.equal(out, h) == passes_through, (name, mode)
+            h = out
+
+
+def test_starting_weights_replace_the_zero_init(tmp_path):
+    torch.manual_seed(0)
+    saved = _starting_model("--weights", "none")
+    torch.save(saved.state_dict(), tmp_path / "start.pth")
+    loaded = _starting_model("--weights", str(tmp_path / "start.pth"), "--zero-init-residual", "true")
+    assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in saved.state_dict().items())
+
+
+def test_only_the_fast_preset_zero_inits_and_the_flag_overrides_it():
+    assert [resolved("--recipe", name).zero_init_residual for name in PRESETS] == [name == "fast" for name in PRESETS]
+    assert resolved("--recipe", "fast", "--zero-init-residual", "false").zero_init_residual is False
+
+
 # --- early stopping and the best epoch ------------------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ ALL_RECIPE_OPTIONS = ["--opt", "adamw", "--warmup-epochs", "1", "--label-smoothi
                       "--auto-augment", "trivialaugment", "--random-erase", "0.5", "--mixup-alpha", "0.4",
                       "--cutmix-alpha", "1.0", "--drop-path", "0.3", "--balanced-sampling", "--early-stopping", "3",
                       "--best-metric", "macro_f1", "--lr-schedule", "onecycle", "--progressive-resizing", "0.5",
-                      "--train-crop", "0.67"]
+                      "--train-crop", "0.67", "--zero-init-residual"]
 
 
 @pytest.mark.slow

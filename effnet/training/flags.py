@@ -97,7 +97,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                     ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
         help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains on "
-             f"crops growing from 0.4 to 0.8 of the validation size: {fast} (docs/training.md has its figures); "
+             f"crops growing from 0.4 to 0.8 of the validation size, residual blocks starting as the identity: "
+             f"{fast} (docs/training.md has its figures); "
              f"flags given explicitly win (default tutorial)")
     add("--opt", choices=list(WEIGHT_DECAY), default=default["opt"],
         help="optimizer: SGD with momentum 0.9 (the tutorial's) or AdamW (default sgd)")
@@ -144,6 +145,11 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
              "validate at the full size: a random crop shows objects larger than validation's centre crop does, so "
              "a smaller training crop shows them at about the size validation sees, and each training step costs "
              "about SHARE squared of a full-size one; 0.1 to 1, at least --progressive-resizing's START (default 1)")
+    add("--zero-init-residual", type=parse_bool, nargs="?", const=True, default=default["zero_init_residual"],
+        metavar="{true,false}",
+        help="from scratch (--weights none), start the last BatchNorm scale of every residual block at 0, so that "
+             "each block starts as the identity and the first epochs train a shallow network; starting weights "
+             "replace it (default false)")
 
 
 def _add_output_flags(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from effnet.checkpoints import WeightsError, checkpoint_fields
 from effnet.command_line import UsageError
 from effnet.training.settings import TrainSettings
 from effnet.weights import load_weights
+from model import InvertedResidual
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which layers train, the optimizer and the schedule
@@ -24,8 +25,8 @@ from effnet.weights import load_weights
 def load_starting_weights(model: nn.Module, settings: TrainSettings, resumed: Mapping[str, Any] | None = None,
                           verbose: bool = True) -> None:
     """The weights a run starts from: a resumed run's own (the ones that train, not their moving average), else
-    --weights (ImageNet's, a .pth file, or none: the fresh initialisation). Warns about a head trained on a
-    random backbone."""
+    --weights (ImageNet's, a .pth file, or none: the fresh initialisation, with --zero-init-residual's identity
+    blocks). Warns about a head trained on a random backbone."""
     if resumed is not None:
         load_weights(model, trained_weights(resumed), verbose=False)
         return
@@ -34,10 +35,23 @@ def load_starting_weights(model: nn.Module, settings: TrainSettings, resumed: Ma
             load_weights(model, settings.weights, verbose=verbose)
         except WeightsError as error:
             raise UsageError(f"{error} (or train from scratch, which needs no download: add --weights none)") from None
-    elif settings.freeze_layers and verbose:
+        return
+    if settings.zero_init_residual:
+        residual_blocks_start_as_identity(model)
+    if settings.freeze_layers and verbose:
         print("warning: --freeze-layers true with --weights none trains only the head, on a backbone that keeps its "
               "random initial weights; start from pretrained --weights (imagenet, the default) or train every "
               "layer (--freeze-layers false)", file=sys.stderr)
+
+
+def residual_blocks_start_as_identity(model: nn.Module) -> None:
+    """Zero the scale of the BatchNorm that ends each residual branch (MBConv's projection), so that every block
+    with a skip connection starts by passing its input through unchanged. From scratch, the deep network then
+    trains like a shallow one at first (Goyal et al. 2017's zero-gamma, torchvision ResNet's zero_init_residual):
+    measured in docs/benchmarks.md, "Time to accuracy", the validation accuracy leaves chance epochs earlier."""
+    for block in model.modules():
+        if isinstance(block, InvertedResidual) and block.use_res_connect:
+            nn.init.zeros_(block.block.project_conv[1].weight)
 
 
 def freeze_all_but_head(model: nn.Module) -> None:

@@ -27,17 +27,17 @@ TUTORIAL: Mapping[str, Any] = {
     "recipe": "tutorial", "opt": "sgd", "weight_decay": None, "warmup_epochs": 0, "label_smoothing": 0.0,
     "ema": None, "auto_augment": "none", "random_erase": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
     "drop_path": None, "class_weights": "none", "balanced_sampling": False, "early_stopping": None,
-    "best_metric": "acc", "lr_schedule": "cosine", "progressive_resizing": None, "train_crop": 1.0, "report": True,
-    "onnx": True,
+    "best_metric": "acc", "lr_schedule": "cosine", "progressive_resizing": None, "train_crop": 1.0,
+    "zero_init_residual": False, "report": True, "onnx": True,
 }
 # The measured combinations (docs/benchmarks.md, "Training recipe"); docs/training.md lists the same flags.
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "tutorial": {},
     "modern": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 2},
     # modern's optimizer for a short run on a CPU: a one-cycle schedule, small crops first, growing to 0.8 of the
-    # validation size (docs/benchmarks.md, "Time to accuracy")
+    # validation size, and residual blocks that start as the identity (docs/benchmarks.md, "Time to accuracy")
     "fast": {"opt": "adamw", "lr": 0.002, "warmup_epochs": 1, "lr_schedule": "onecycle", "progressive_resizing": 0.4,
-             "train_crop": 0.8},
+             "train_crop": 0.8, "zero_init_residual": True},
 }
 WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.05}  # the tutorial's for SGD; the usual decoupled decay for AdamW
 ADAMW_LR = 0.001  # --lr's default with --opt adamw (0.01, the tutorial's SGD rate, is far too high for Adam)
@@ -51,7 +51,7 @@ MACHINE_SETTINGS = ("resume", "device", "workers", "progress", "channels_last", 
 RECORDED = ("recipe", "epochs", "batch_size", "image_size", "freeze_layers", "opt", "lr", "lrf", "weight_decay",
             "warmup_epochs", "label_smoothing", "ema", "auto_augment", "random_erase", "mixup_alpha",
             "cutmix_alpha", "drop_path", "class_weights", "balanced_sampling", "early_stopping", "best_metric",
-            "lr_schedule", "progressive_resizing", "train_crop")
+            "lr_schedule", "progressive_resizing", "train_crop", "zero_init_residual")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ class TrainSettings:
     lr_schedule: str  # "cosine": stepped once per epoch (the tutorial's); "onecycle": stepped after every batch
     progressive_resizing: float | None  # the first epochs' crop as a share of image_size, growing; None: off
     train_crop: float  # the (last) training crop as a share of the training size; validation keeps its own
+    zero_init_residual: bool  # from scratch: each residual branch's last BatchNorm scale starts at 0
     # where and how it runs (MACHINE_SETTINGS: a resumed run takes these anew)
     device: str | None  # "cpu", "cuda", "cuda:1", ...; None: the first GPU, else the CPU
     workers: int | None  # data-loading processes; None: hardware.default_workers
