@@ -7,9 +7,9 @@ Each run is `python train.py --recipe R --epochs E --seed S --weights none ...` 
 other, the recipes' order turned by one from seed to seed, so that a drift of the machine hits each alike. An
 epoch's time is read as its line appears on train.py's output: wall seconds from the process's start to the end of
 that epoch's validation (start-up, the data check and every evaluation included). A seed's target is the best
-validation accuracy --recipe modern reaches in its --epochs; a run's time to accuracy is the wall time until its
-validation accuracy first reaches that target. Keep the machine otherwise idle: on 2 cores any other busy
-process slows a training step several-fold.
+validation accuracy --recipe modern (the first contender given that is modern without more flags) reaches in its
+--epochs; a run's time to accuracy is the wall time until its validation accuracy first reaches that target.
+Keep the machine otherwise idle: on 2 cores any other busy process slows a training step several-fold.
 """
 import argparse
 import json
@@ -84,9 +84,13 @@ def report(runs: list[dict], recipes: list[str]) -> str:
     lines = ["| seed | recipe | best val acc (epoch) | wall s | s to modern's best | share of modern's wall time |",
              "|---|---|---|---|---|---|"]
     shares: dict[str, list[float]] = {recipe: [] for recipe in recipes}
+    # the target: the first contender given that is --recipe modern (with no flags, where there is one), whatever
+    # order the seed ran them in
+    moderns = [recipe for recipe in recipes if recipe_and_epochs(recipe)[0] == "modern"]
+    target_recipe = next((recipe for recipe in moderns if len(recipe.split()) == 1), moderns[0] if moderns else None)
     for seed in sorted({run["seed"] for run in runs}):
         mine = {run["recipe"]: run for run in runs if run["seed"] == seed}
-        modern = next((run for name, run in mine.items() if recipe_and_epochs(name)[0] == "modern"), None)
+        modern = mine.get(target_recipe)
         target = modern["best"] if modern else max(run["best"] for run in mine.values())
         for recipe in recipes:
             run = mine[recipe]

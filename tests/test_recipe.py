@@ -460,9 +460,15 @@ def test_starting_weights_replace_the_zero_init(tmp_path):
     assert all(torch.equal(value, loaded.state_dict()[key]) for key, value in saved.state_dict().items())
 
 
-def test_only_the_fast_preset_zero_inits_and_the_flag_overrides_it():
+def test_only_the_fast_preset_zero_inits_and_the_flag_overrides_it(capsys):
     assert [resolved("--recipe", name).zero_init_residual for name in PRESETS] == [name == "fast" for name in PRESETS]
     assert resolved("--recipe", "fast", "--zero-init-residual", "false").zero_init_residual is False
+    recipe_help = next(action.help for action in build_parser()._actions if action.dest == "recipe")
+    assert "--zero-init-residual true" in recipe_help  # spelled as docs/training.md and the flag take it
+    assert "note:" not in capsys.readouterr().err  # the preset's with ImageNet weights: nothing to say
+    resolved("--weights", "imagenet", "--zero-init-residual")
+    assert capsys.readouterr().err.strip() == ("note: --zero-init-residual changes only a run from scratch "
+                                               "(--weights none); --weights imagenet replaces it")
 
 
 # --- early stopping and the best epoch ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ photos).
     python train.py --data-path my_photos                 # your own photos, one folder per class
     python train.py --data-path my_photos --model b3 --epochs 10
     python train.py --data-path my_photos --weights none  # from scratch: no download needed
-    python train.py --data-path my_photos --recipe fast   # AdamW, smaller training crops: for a CPU
+    python train.py --data-path my_photos --recipe fast   # a short run on a CPU (docs/training.md)
     python train.py --resume runs/20261128-101500-b0      # continue a run that stopped
     python train.py --data-path my_photos --check-data    # only look for copies among the photos
     torchrun --nproc_per_node=4 train.py --data-path my_photos   # one process per GPU
@@ -93,8 +93,8 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("recipe (default: the tutorial's)").add_argument
     default = TUTORIAL
-    modern, fast = (" ".join(f"{_flag(key)} {value}" for key, value in PRESETS[name].items()) for name in
-                    ("modern", "fast"))
+    modern, fast = (" ".join(f"{_flag(key)} {str(value).lower() if isinstance(value, bool) else value}"
+                             for key, value in PRESETS[name].items()) for name in ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
         help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains on "
              f"crops growing from 0.4 to 0.8 of the validation size, residual blocks starting as the identity: "
@@ -148,7 +148,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     add("--zero-init-residual", type=parse_bool, nargs="?", const=True, default=default["zero_init_residual"],
         metavar="{true,false}",
         help="from scratch (--weights none), start the last BatchNorm scale of every residual block at 0, so that "
-             "each block starts as the identity and the first epochs train a shallow network; starting weights "
+             "each block starts as the identity and the network starts as a shallower one; starting weights "
              "replace it (default false)")
 
 

@@ -40,8 +40,9 @@ def load_starting_weights(model: nn.Module, settings: TrainSettings, resumed: Ma
         residual_blocks_start_as_identity(model)
     if settings.freeze_layers and verbose:
         print("warning: --freeze-layers true with --weights none trains only the head, on a backbone that keeps its "
-              "random initial weights; start from pretrained --weights (imagenet, the default) or train every "
-              "layer (--freeze-layers false)", file=sys.stderr)
+              f"random initial weights{' (its residual blocks the identity)' if settings.zero_init_residual else ''}; "
+              "start from pretrained --weights (imagenet, the default) or train every layer (--freeze-layers false)",
+              file=sys.stderr)
 
 
 def residual_blocks_start_as_identity(model: nn.Module) -> None:

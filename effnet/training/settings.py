@@ -257,6 +257,9 @@ def settings_from_flags(flags: argparse.Namespace, given: set[str] | frozenset[s
         _note(f"--recipe {values['recipe']} warms up over {values['warmup_epochs']} epochs; with --epochs {epochs} "
               f"the warm-up is {shortened} epoch{'s' if shortened != 1 else ''}")
         values["warmup_epochs"] = shortened
+    if "zero_init_residual" in given and values["zero_init_residual"] and values["weights"].lower() != "none":
+        _note(f"--zero-init-residual changes only a run from scratch (--weights none); --weights "
+              f"{values['weights']} replaces it")
     if values["opt"] == "adamw" and "lr" not in given and "lr" not in preset:
         values["lr"] = ADAMW_LR
     return _settle(values)
