@@ -102,7 +102,7 @@ def report(runs: list[dict], recipes: list[str]) -> str:
             lines.append(f"| {seed} | {recipe} | {run['best']:.3f} ({best_epoch}) | {run['seconds']:.0f} | "
                          f"{'not reached' if reached is None else f'{reached:.0f}'} | "
                          f"{'-' if share is None else f'{share:.2f}'} |")
-    if not any(recipe_and_epochs(run["recipe"])[0] == "modern" for run in runs):
+    if target_recipe is None:
         return "\n".join(lines)  # no modern run: no shares of its time to sum up
     seeds = len({run["seed"] for run in runs})
     return "\n".join(lines) + "\n\nshare of modern's wall time to reach modern's best: " + "; ".join(

@@ -1,6 +1,8 @@
 """train.py's command line: every flag, in the groups --help shows, and which flags a command line wrote. No
 PyTorch here, so that --help and a wrong flag answer at once; settings.py turns the flags into a run's settings."""
 import argparse
+from collections.abc import Mapping
+from typing import Any
 
 from effnet.command_line import ArgumentParser, parse_bool, parse_variant
 from effnet.data.split import DEFAULT_VAL_RATE
@@ -90,11 +92,16 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
              "runs on the hardware, and --data-path (default: a new run)")
 
 
+def _spelled_out(preset: Mapping[str, Any]) -> str:
+    """A preset as the flags that stand for it: '--opt adamw --lr 0.002 ... --zero-init-residual true'."""
+    return " ".join(f"{_flag(key)} {str(value).lower() if isinstance(value, bool) else value}"
+                    for key, value in preset.items())
+
+
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("recipe (default: the tutorial's)").add_argument
     default = TUTORIAL
-    modern, fast = (" ".join(f"{_flag(key)} {str(value).lower() if isinstance(value, bool) else value}"
-                             for key, value in PRESETS[name].items()) for name in ("modern", "fast"))
+    modern, fast = (_spelled_out(PRESETS[name]) for name in ("modern", "fast"))
     add("--recipe", choices=list(PRESETS), default=default["recipe"],
         help=f"a preset of the flags below: 'modern' is {modern}; 'fast', for a short run on a CPU, trains on "
              f"crops growing from 0.4 to 0.8 of the validation size, residual blocks starting as the identity: "
